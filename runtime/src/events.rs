@@ -1,0 +1,19 @@
+//! Lifecycle events the runtime emits, in the order they happened; the shim forwards them to
+//! containerd as TaskCreate, TaskStart, TaskExit and so on.
+
+use std::time::SystemTime;
+
+use crate::process::StdioPaths;
+
+#[derive(Debug, Clone)]
+pub enum Event {
+    Created { container_id: String, bundle: String, pid: u32, stdio: StdioPaths },
+    Started { container_id: String, pid: u32 },
+    ExecAdded { container_id: String, exec_id: String },
+    ExecStarted { container_id: String, exec_id: String, pid: u32 },
+    Exited { container_id: String, exec_id: String, pid: u32, status: u32, at: SystemTime },
+    Deleted { container_id: String, pid: u32, status: u32, at: SystemTime },
+}
+
+pub type EventSender = tokio::sync::mpsc::UnboundedSender<Event>;
+pub type EventReceiver = tokio::sync::mpsc::UnboundedReceiver<Event>;

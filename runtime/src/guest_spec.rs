@@ -1,0 +1,162 @@
+//! Turns the OCI spec containerd wrote for the host into the spec the guest agent runs.
+//!
+//! Host paths mean nothing inside the VM. The rootfs and every bind-mount source are made
+//! visible through the virtio-fs share, so their paths are rewritten to where the share is
+//! mounted in the guest; namespace paths (host network namespaces and the like) are dropped
+//! because the guest has its own; hooks are not carried into the guest.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use oci_spec::runtime::{LinuxNamespace, Mount, Spec};
+
+/// Where the agent mounts the shared filesystem in the guest.
+pub const GUEST_SHARED_DIR: &str = "/run/bazaar/shared";
+
+/// A host path that must be bind-mounted into the shared directory before the guest can see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareRequest {
+    pub host_source: PathBuf,
+    /// Relative to the sandbox's shared directory on the host.
+    pub shared_relative: PathBuf,
+    pub readonly: bool,
+}
+
+/// The rewritten spec and the host binds it relies on.
+#[derive(Debug)]
+pub struct GuestSpec {
+    pub spec: Spec,
+    pub shares: Vec<ShareRequest>,
+}
+
+/// Path of a container's rootfs relative to the shared directory.
+pub fn shared_rootfs_relative(container_id: &str) -> PathBuf {
+    PathBuf::from(container_id).join("rootfs")
+}
+
+fn is_bind(mount: &Mount) -> bool {
+    mount.typ().as_deref() == Some("bind")
+        || mount
+            .options()
+            .as_ref()
+            .is_some_and(|opts| opts.iter().any(|o| o == "bind" || o == "rbind"))
+}
+
+fn is_readonly(mount: &Mount) -> bool {
+    mount.options().as_ref().is_some_and(|opts| opts.iter().any(|o| o == "ro"))
+}
+
+/// Rewrites `spec` for the guest. `bundle` resolves a relative bind source the way runc does.
+pub fn for_guest(mut spec: Spec, container_id: &str, bundle: &Path) -> Result<GuestSpec> {
+    let guest_root = Path::new(GUEST_SHARED_DIR).join(shared_rootfs_relative(container_id));
+    let mut root = spec.root().clone().context("the OCI spec has no root")?;
+    root.set_path(guest_root);
+    spec.set_root(Some(root));
+
+    let mut shares = Vec::new();
+    if let Some(mounts) = spec.mounts().clone() {
+        let mut rewritten = Vec::with_capacity(mounts.len());
+        for (index, mut mount) in mounts.into_iter().enumerate() {
+            if is_bind(&mount) {
+                let source = mount
+                    .source()
+                    .clone()
+                    .with_context(|| format!("bind mount to {} has no source", mount.destination().display()))?;
+                let host_source = if source.is_absolute() { source } else { bundle.join(source) };
+                let shared_relative = PathBuf::from(container_id).join("mounts").join(index.to_string());
+                mount.set_source(Some(Path::new(GUEST_SHARED_DIR).join(&shared_relative)));
+                shares.push(ShareRequest {
+                    host_source,
+                    shared_relative,
+                    readonly: is_readonly(&mount),
+                });
+            }
+            rewritten.push(mount);
+        }
+        spec.set_mounts(Some(rewritten));
+    }
+
+    if let Some(mut linux) = spec.linux().clone() {
+        if let Some(namespaces) = linux.namespaces().clone() {
+            let own: Vec<LinuxNamespace> = namespaces
+                .into_iter()
+                .map(|mut ns| {
+                    ns.set_path(None);
+                    ns
+                })
+                .collect();
+            linux.set_namespaces(Some(own));
+        }
+        spec.set_linux(Some(linux));
+    }
+    spec.set_hooks(None);
+    Ok(GuestSpec { spec, shares })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec_from(json: &str) -> Spec {
+        serde_json::from_str(json).unwrap()
+    }
+
+    const SPEC: &str = r#"{
+        "ociVersion": "1.0.2",
+        "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+        "root": {"path": "rootfs", "readonly": true},
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/data", "type": "bind", "source": "/srv/data", "options": ["rbind", "ro"]},
+            {"destination": "/etc/hosts", "source": "hosts", "options": ["bind"]}
+        ],
+        "linux": {"namespaces": [
+            {"type": "pid"},
+            {"type": "network", "path": "/var/run/netns/cni-1"}
+        ]}
+    }"#;
+
+    #[test]
+    fn root_and_binds_point_into_the_share() {
+        let guest = for_guest(spec_from(SPEC), "c1", Path::new("/bundle")).unwrap();
+        let root = guest.spec.root().clone().unwrap();
+        assert_eq!(root.path(), Path::new("/run/bazaar/shared/c1/rootfs"));
+        assert_eq!(root.readonly(), Some(true));
+
+        let mounts = guest.spec.mounts().clone().unwrap();
+        assert_eq!(mounts[0].source().clone().unwrap(), PathBuf::from("proc"));
+        assert_eq!(mounts[1].source().clone().unwrap(), PathBuf::from("/run/bazaar/shared/c1/mounts/1"));
+        assert_eq!(mounts[2].source().clone().unwrap(), PathBuf::from("/run/bazaar/shared/c1/mounts/2"));
+
+        assert_eq!(
+            guest.shares,
+            vec![
+                ShareRequest {
+                    host_source: PathBuf::from("/srv/data"),
+                    shared_relative: PathBuf::from("c1/mounts/1"),
+                    readonly: true
+                },
+                ShareRequest {
+                    host_source: PathBuf::from("/bundle/hosts"),
+                    shared_relative: PathBuf::from("c1/mounts/2"),
+                    readonly: false
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn host_namespace_paths_are_dropped() {
+        let guest = for_guest(spec_from(SPEC), "c1", Path::new("/bundle")).unwrap();
+        let namespaces = guest.spec.linux().clone().unwrap().namespaces().clone().unwrap();
+        assert!(namespaces.iter().all(|ns| ns.path().is_none()));
+        assert_eq!(namespaces.len(), 2);
+    }
+
+    #[test]
+    fn spec_without_root_is_an_error() {
+        let spec = spec_from(r#"{"ociVersion": "1.0.2"}"#);
+        let err = for_guest(spec, "c1", Path::new("/b")).unwrap_err();
+        assert!(err.to_string().contains("root"));
+    }
+}

@@ -1,0 +1,204 @@
+//! One sandbox: its VM, the directory shared with the guest, and the agent connection.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bazaar_hypervisor::qemu::{Qemu, QemuPaths};
+use bazaar_hypervisor::{Device, Hypervisor, VmConfig};
+use bazaar_protocols::agent::{CreateSandboxRequest, DestroySandboxRequest};
+use bazaar_protocols::agent_ttrpc::AgentServiceClient;
+use slog::{info, warn, Logger};
+use tokio::sync::Mutex;
+
+use crate::agent_client::{self, deadline, CONTROL_CALL_TIMEOUT};
+use crate::config::{Config, HypervisorKind};
+use crate::error::Error;
+use crate::{mounts, state};
+
+/// virtio-fs tag of the share carrying root filesystems and bind mounts.
+pub const SHARED_FS_TAG: &str = "bazaarfs";
+
+/// The per-sandbox directory under the configured run dir.
+pub fn run_dir_for(config: &Config, sandbox_id: &str) -> PathBuf {
+    config.runtime.run_dir.join(sandbox_id)
+}
+
+pub struct Sandbox {
+    pub id: String,
+    pub run_dir: PathBuf,
+    /// Host directory shared with the guest; the agent mounts it at `GUEST_SHARED_DIR`.
+    pub shared_dir: PathBuf,
+    pub agent: AgentServiceClient,
+    hypervisor: Mutex<Box<dyn Hypervisor>>,
+    logger: Logger,
+}
+
+impl Sandbox {
+    /// Boots the sandbox VM and waits until its agent serves. On failure everything started so
+    /// far is stopped and removed again.
+    pub async fn start(id: &str, config: &Config, logger: &Logger) -> Result<Sandbox, Error> {
+        check_guest_files(config)?;
+        let run_dir = run_dir_for(config, id);
+        let logger = logger.new(slog::o!("sandbox" => id.to_string()));
+        prepare_run_dir(&run_dir)?;
+        let shared_dir = run_dir.join("shared");
+        std::fs::create_dir_all(&shared_dir)
+            .with_context(|| format!("creating {}", shared_dir.display()))?;
+
+        let mut hypervisor = match new_hypervisor(id, config, &run_dir, &logger) {
+            Ok(hv) => hv,
+            Err(err) => {
+                remove_run_dir(&run_dir, &logger);
+                return Err(err);
+            }
+        };
+        match boot(id, config, &run_dir, &shared_dir, hypervisor.as_mut(), &logger).await {
+            Ok(agent) => Ok(Sandbox {
+                id: id.to_string(),
+                run_dir,
+                shared_dir,
+                agent,
+                hypervisor: Mutex::new(hypervisor),
+                logger,
+            }),
+            Err(err) => {
+                if let Err(stop_err) = hypervisor.stop().await {
+                    warn!(logger, "stopping the VM after a failed start"; "error" => format!("{stop_err:#}"));
+                }
+                remove_run_dir(&run_dir, &logger);
+                Err(err)
+            }
+        }
+    }
+
+    /// Shuts the guest down and ends the VM and its helpers; removes the run dir.
+    pub async fn stop(&self) {
+        let mut request = DestroySandboxRequest::new();
+        request.sandbox_id = self.id.clone();
+        // Best effort: the VM is ended below whatever the guest answers.
+        if let Err(err) = self.agent.destroy_sandbox(deadline(Duration::from_secs(2)), &request).await {
+            warn!(self.logger, "guest did not confirm shutdown"; "error" => %err);
+        }
+        if let Err(err) = self.hypervisor.lock().await.stop().await {
+            warn!(self.logger, "stopping the VM failed"; "error" => format!("{err:#}"));
+        }
+        remove_run_dir(&self.run_dir, &self.logger);
+        info!(self.logger, "sandbox stopped");
+    }
+}
+
+fn check_guest_files(config: &Config) -> Result<(), Error> {
+    for (what, path) in [("kernel", &config.hypervisor.kernel), ("initrd", &config.hypervisor.initrd)] {
+        if !path.is_file() {
+            return Err(Error::FailedPrecondition(format!(
+                "guest {what} {} does not exist (set hypervisor.{what} in {})",
+                path.display(),
+                crate::config::Config::path_from_env().display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn new_hypervisor(
+    id: &str,
+    config: &Config,
+    run_dir: &Path,
+    logger: &Logger,
+) -> Result<Box<dyn Hypervisor>, Error> {
+    let hv = &config.hypervisor;
+    match hv.name {
+        HypervisorKind::Builtin => {
+            return Err(Error::FailedPrecondition(
+                "hypervisor \"builtin\" (the built-in KVM VMM) is not available in this build; \
+                 use name = \"qemu\" or \"auto\""
+                    .to_string(),
+            ))
+        }
+        HypervisorKind::Auto => {
+            info!(logger, "hypervisor selected"; "hypervisor" => "qemu",
+                "reason" => "auto: the built-in VMM is not available in this build");
+        }
+        HypervisorKind::Qemu => {
+            info!(logger, "hypervisor selected"; "hypervisor" => "qemu", "reason" => "configured");
+        }
+    }
+    let vm = VmConfig {
+        sandbox_id: id.to_string(),
+        vcpus: hv.vcpus,
+        memory_mib: hv.memory_mib,
+        kernel: hv.kernel.clone(),
+        initrd: hv.initrd.clone(),
+        extra_kernel_params: hv.kernel_params.clone(),
+        run_dir: run_dir.to_path_buf(),
+        acceleration: hv.acceleration,
+    };
+    let paths = QemuPaths {
+        qemu: hv.qemu_path.clone(),
+        virtiofsd: hv.virtiofsd_path.clone(),
+        vhost_vsock: hv.vhost_vsock_path.clone(),
+    };
+    let qemu = Qemu::new(vm, paths, logger.clone()).map_err(Error::from)?;
+    Ok(Box::new(qemu))
+}
+
+async fn boot(
+    id: &str,
+    config: &Config,
+    run_dir: &Path,
+    shared_dir: &Path,
+    hypervisor: &mut dyn Hypervisor,
+    logger: &Logger,
+) -> Result<AgentServiceClient, Error> {
+    hypervisor.add_device(Device::SharedFs {
+        tag: SHARED_FS_TAG.to_string(),
+        host_dir: shared_dir.to_path_buf(),
+    })?;
+    let started = std::time::Instant::now();
+    hypervisor.start().await.context("starting the sandbox VM")?;
+    state::save(
+        run_dir,
+        &state::SandboxState {
+            sandbox_id: id.to_string(),
+            hypervisor: hypervisor.name().to_string(),
+            processes: hypervisor.processes(),
+        },
+    )?;
+    info!(logger, "VM started"; "hypervisor" => hypervisor.name(),
+        "elapsed_ms" => started.elapsed().as_millis() as u64);
+
+    let timeout = Duration::from_secs(config.runtime.agent_timeout_secs);
+    let agent = agent_client::connect(&hypervisor.agent_socket(), timeout, logger).await?;
+    let mut request = CreateSandboxRequest::new();
+    request.sandbox_id = id.to_string();
+    request.hostname = String::new();
+    request.shared_fs_tag = SHARED_FS_TAG.to_string();
+    agent
+        .create_sandbox(deadline(CONTROL_CALL_TIMEOUT), &request)
+        .await
+        .map_err(|err| Error::from_agent("CreateSandbox", err))?;
+    info!(logger, "sandbox ready"; "elapsed_ms" => started.elapsed().as_millis() as u64);
+    Ok(agent)
+}
+
+/// Creates the run dir, first clearing what a crashed earlier sandbox of the same id left.
+fn prepare_run_dir(run_dir: &Path) -> Result<()> {
+    if run_dir.exists() {
+        if let Some(old) = state::load(run_dir)? {
+            bazaar_hypervisor::kill_recorded(&old.processes);
+        }
+        mounts::unmount_all_under(run_dir)?;
+        mounts::remove_dir_without_mounts(run_dir)?;
+    }
+    std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))
+}
+
+/// Unmounts whatever is left under the run dir and removes it.
+pub fn remove_run_dir(run_dir: &Path, logger: &Logger) {
+    let result = mounts::unmount_all_under(run_dir)
+        .and_then(|()| mounts::remove_dir_without_mounts(run_dir));
+    if let Err(err) = result {
+        warn!(logger, "removing the run dir"; "dir" => %run_dir.display(), "error" => format!("{err:#}"));
+    }
+}

@@ -1,0 +1,79 @@
+//! Forwards the runtime's lifecycle events to containerd, in order.
+
+use bazaar_runtime::events::{Event, EventReceiver};
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskStart,
+};
+use containerd_shim::protos::protobuf::MessageDyn;
+use containerd_shim::protos::topics;
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::Context;
+use slog::{warn, Logger};
+
+use crate::convert::timestamp;
+
+/// Publishes every event from `events` until the runtime drops its sender.
+pub async fn forward(publisher: RemotePublisher, namespace: String, mut events: EventReceiver, logger: Logger) {
+    while let Some(event) = events.recv().await {
+        let (topic, message) = to_containerd(event);
+        if let Err(err) = publisher.publish(Context::default(), topic, &namespace, message).await {
+            warn!(logger, "publishing an event to containerd failed"; "topic" => topic, "error" => %err);
+        }
+    }
+}
+
+fn to_containerd(event: Event) -> (&'static str, Box<dyn MessageDyn>) {
+    match event {
+        Event::Created { container_id, bundle, pid, stdio } => {
+            let mut io = TaskIO::new();
+            io.stdin = stdio.stdin;
+            io.stdout = stdio.stdout;
+            io.stderr = stdio.stderr;
+            io.terminal = stdio.terminal;
+            let mut msg = TaskCreate::new();
+            msg.container_id = container_id;
+            msg.bundle = bundle;
+            msg.pid = pid;
+            msg.io = Some(io).into();
+            (topics::TASK_CREATE_EVENT_TOPIC, Box::new(msg))
+        }
+        Event::Started { container_id, pid } => {
+            let mut msg = TaskStart::new();
+            msg.container_id = container_id;
+            msg.pid = pid;
+            (topics::TASK_START_EVENT_TOPIC, Box::new(msg))
+        }
+        Event::ExecAdded { container_id, exec_id } => {
+            let mut msg = TaskExecAdded::new();
+            msg.container_id = container_id;
+            msg.exec_id = exec_id;
+            (topics::TASK_EXEC_ADDED_EVENT_TOPIC, Box::new(msg))
+        }
+        Event::ExecStarted { container_id, exec_id, pid } => {
+            let mut msg = TaskExecStarted::new();
+            msg.container_id = container_id;
+            msg.exec_id = exec_id;
+            msg.pid = pid;
+            (topics::TASK_EXEC_STARTED_EVENT_TOPIC, Box::new(msg))
+        }
+        Event::Exited { container_id, exec_id, pid, status, at } => {
+            let mut msg = TaskExit::new();
+            // containerd identifies the init process's exit by id == container id.
+            msg.id = if exec_id.is_empty() { container_id.clone() } else { exec_id };
+            msg.container_id = container_id;
+            msg.pid = pid;
+            msg.exit_status = status;
+            msg.exited_at = Some(timestamp(at)).into();
+            (topics::TASK_EXIT_EVENT_TOPIC, Box::new(msg))
+        }
+        Event::Deleted { container_id, pid, status, at } => {
+            let mut msg = TaskDelete::new();
+            msg.id = container_id.clone();
+            msg.container_id = container_id;
+            msg.pid = pid;
+            msg.exit_status = status;
+            msg.exited_at = Some(timestamp(at)).into();
+            (topics::TASK_DELETE_EVENT_TOPIC, Box::new(msg))
+        }
+    }
+}
