@@ -5,12 +5,20 @@
 //! the guest's vsock as a Unix socket speaking the hybrid-vsock handshake, and stops everything it
 //! started, by PID, when asked or when it notices the VM died.
 
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 use std::path::PathBuf;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub mod console;
+pub mod hybrid_vsock;
+pub mod probe;
 pub mod qemu;
+mod records;
+
+pub use records::{kill_recorded, process_start_time};
 
 /// How a backend should execute guest code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,7 +60,10 @@ pub enum Device {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmExit {
     /// The VM process exited by itself (guest reset or power-off, or a crash) with this status.
-    Exited { code: Option<i32>, signal: Option<i32> },
+    Exited {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
     /// `stop` ended it.
     Stopped,
 }
@@ -85,6 +96,10 @@ pub trait Hypervisor: Send + Sync {
 
     /// Resolves when the VM has exited, for whatever reason.
     async fn wait(&self) -> VmExit;
+
+    /// Holds `Some(exit)` once the VM has exited, for whatever reason: `wait` for a caller that
+    /// must not keep the backend borrowed meanwhile (it sits behind a lock that `stop` needs).
+    fn exit_receiver(&self) -> tokio::sync::watch::Receiver<Option<VmExit>>;
 
     /// Ends the VM and every helper process, by PID, and removes their sockets. Idempotent.
     async fn stop(&mut self) -> anyhow::Result<()>;

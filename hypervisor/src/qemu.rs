@@ -1,1 +1,0 @@
-//! QEMU backend (to be written).
