@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use slog::{info, Logger};
+use slog::{debug, info, Logger};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -61,7 +61,7 @@ pub async fn forward_console<R: AsyncRead + Unpin>(
 ) {
     let mut reader = BufReader::new(output);
     while let Ok(Some(line)) = read_line_capped(&mut reader, MAX_LINE).await {
-        info!(logger, "guest console"; "console" => &line);
+        debug!(logger, "guest console"; "console" => &line);
         if let Some(sink) = &sink {
             let _ = sink.send(line);
         }
