@@ -1,0 +1,121 @@
+//! Device nodes and the standard `/dev` symlinks of a container, created under the rootfs before
+//! the root switch.
+
+use std::io;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::Path;
+
+use anyhow::Context;
+use nix::mount::{mount, MsFlags};
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+use oci_spec::runtime::{LinuxDevice, LinuxDeviceType};
+
+use super::rootfs;
+
+/// The devices every container gets in its `/dev` (OCI runtime spec, "Default Devices").
+const DEFAULT_DEVICES: [(&str, u64, u64); 6] = [
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+/// The symlinks of a standard `/dev`.
+const DEV_SYMLINKS: [(&str, &str); 5] = [
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+    ("ptmx", "pts/ptmx"),
+];
+
+/// Populates the container's `/dev`: the default devices and symlinks when the spec mounted a
+/// fresh `/dev`, the spec's own devices always, and `/dev/console` for a terminal.
+pub fn setup(root: &Path, default_dev: bool, devices: &[LinuxDevice], terminal: bool) -> anyhow::Result<()> {
+    if default_dev {
+        for (name, major, minor) in DEFAULT_DEVICES {
+            let path = Path::new("/dev").join(name);
+            let node = Node { kind: SFlag::S_IFCHR, major, minor, mode: 0o666, uid: 0, gid: 0 };
+            let resolved = rootfs::resolve_in_root(root, &path)?;
+            make_node(&resolved, &node, &path).with_context(|| format!("create {}", path.display()))?;
+        }
+        for (name, target) in DEV_SYMLINKS {
+            let link = rootfs::resolve_in_root(root, &Path::new("/dev").join(name))?;
+            match symlink(target, &link) {
+                Ok(()) => {}
+                Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(err) => return Err(err).with_context(|| format!("symlink /dev/{name}")),
+            }
+        }
+    }
+    for device in devices {
+        create_spec_device(root, device)
+            .with_context(|| format!("create device {}", device.path().display()))?;
+    }
+    if terminal {
+        // The terminal's slave is our stdin; bind it over /dev/console as runc does. The source
+        // must be a path in this mount namespace (the fd's own mount belongs to the agent's), so
+        // take the slave's name (/dev/pts/N), which this copy of the agent's tree also has.
+        let slave = std::fs::read_link("/proc/self/fd/0").context("find the terminal's name")?;
+        let console = rootfs::touch_in_root(root, Path::new("/dev/console"))
+            .context("create /dev/console")?;
+        mount(Some(&slave), &console, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .with_context(|| format!("bind the terminal {} on /dev/console", slave.display()))?;
+    }
+    Ok(())
+}
+
+fn create_spec_device(root: &Path, device: &LinuxDevice) -> anyhow::Result<()> {
+    let kind = match device.typ() {
+        LinuxDeviceType::C | LinuxDeviceType::U => SFlag::S_IFCHR,
+        LinuxDeviceType::B => SFlag::S_IFBLK,
+        LinuxDeviceType::P => SFlag::S_IFIFO,
+        LinuxDeviceType::A => anyhow::bail!("device type 'a' is only valid in cgroup rules"),
+    };
+    let node = Node {
+        kind,
+        major: device.major() as u64,
+        minor: device.minor() as u64,
+        mode: device.file_mode().unwrap_or(0o666),
+        uid: device.uid().unwrap_or(0),
+        gid: device.gid().unwrap_or(0),
+    };
+    let path = rootfs::resolve_in_root(root, device.path())?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    make_node(&path, &node, device.path())
+}
+
+/// A device node to create.
+struct Node {
+    kind: SFlag,
+    major: u64,
+    minor: u64,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+}
+
+/// mknod, or when that is not allowed, a bind mount of the agent's own node at `host_path`.
+fn make_node(path: &Path, node: &Node, host_path: &Path) -> anyhow::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let mode = Mode::from_bits_truncate(node.mode);
+    match mknod(path, node.kind, mode, makedev(node.major, node.minor)) {
+        Ok(()) => {
+            std::os::unix::fs::chown(path, Some(node.uid), Some(node.gid))?;
+            // mknod applies the umask; the spec's mode is exact.
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode))?;
+            Ok(())
+        }
+        Err(nix::errno::Errno::EPERM) => {
+            std::fs::File::create(path)?;
+            mount(Some(host_path), path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                .with_context(|| format!("bind {}", host_path.display()))?;
+            Ok(())
+        }
+        Err(err) => Err(err.into()),
+    }
+}

@@ -1,0 +1,26 @@
+//! Creating container processes from OCI specs.
+//!
+//! Agent side: [`spawn`] (start the helper, follow the setup) and [`cgroups`].
+//! Helper side: [`helper`] (namespaces, fork) and, in the container process, [`setup`] with its
+//! parts: [`mounts`], [`rootfs`] (safe paths), [`devices`], [`pivot`], [`masks`], [`process`]
+//! ([`user`], [`caps`], [`exec`]).
+
+pub mod caps;
+pub mod cgroups;
+pub mod config;
+pub mod devices;
+pub mod exec;
+pub mod helper;
+pub mod masks;
+pub mod mounts;
+pub mod namespaces;
+pub mod pivot;
+pub mod process;
+pub mod rootfs;
+pub mod setup;
+pub mod spawn;
+pub mod sync;
+pub mod user;
+
+/// The hidden subcommand that runs [`helper::main`].
+pub const HELPER_SUBCOMMAND: &str = "__init-container";

@@ -1,0 +1,131 @@
+//! The container process after the helper's fork: builds the container's view (init) or adopts
+//! it (exec), prepares the process, and execs the program. Single-threaded; every error goes back
+//! to the agent over the sync socket.
+
+use std::convert::Infallible;
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use nix::mount::{mount, MsFlags};
+use oci_spec::runtime::Spec;
+
+use super::config::{HelperConfig, Mode};
+use super::sync::{ErrorCode, Message, SetupError, SyncSocket};
+use super::{devices, exec, masks, mounts, namespaces, pivot, process};
+use crate::sys;
+
+/// Runs the container's init up to the exec of its program; returns only on failure.
+pub fn run_init(config: &HelperConfig, sync: &SyncSocket) -> anyhow::Error {
+    match init(config, sync) {
+        Ok(never) => match never {},
+        Err(err) => err,
+    }
+}
+
+/// Runs an exec'd process (already inside the container's namespaces and root); returns only on
+/// failure.
+pub fn run_exec(config: &HelperConfig, sync: &SyncSocket) -> anyhow::Error {
+    let result = common_start(config, sync).and_then(|()| process::prepare(&config.process));
+    match result {
+        Ok(program) => exec::exec(&program),
+        Err(err) => err,
+    }
+}
+
+/// What every container process does first: own session (and terminal), a clean signal state,
+/// no inherited fds besides stdio and the sync socket.
+fn common_start(config: &HelperConfig, sync: &SyncSocket) -> anyhow::Result<()> {
+    sys::cloexec_from_3_except(sync.raw_fd()).context("mark inherited fds close-on-exec")?;
+    sys::reset_signals().context("reset signal handling")?;
+    nix::unistd::setsid().context("setsid")?;
+    if config.terminal {
+        sys::set_controlling_tty(0).context("make the terminal the controlling terminal")?;
+    }
+    // Device nodes and mount points get exactly the modes asked for; the process's umask is set
+    // later from process.user.umask.
+    nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+    Ok(())
+}
+
+fn init(config: &HelperConfig, sync: &SyncSocket) -> anyhow::Result<Infallible> {
+    let Mode::Init { spec, rootfs, no_pivot } = &config.mode else {
+        bail!("run_init called for an exec");
+    };
+    common_start(config, sync)?;
+    build_root(spec, rootfs, *no_pivot, config.terminal).context("container root setup")?;
+    let program = process::prepare(&config.process)?;
+
+    sync.send(&Message::Ready).context("report ready")?;
+    match sync.recv().context("wait for start")? {
+        Some(Message::Start) => {}
+        // The agent dropped the container before starting it.
+        None => std::process::exit(1),
+        Some(other) => bail!("unexpected {other:?} while waiting for start"),
+    }
+    Err(exec::exec(&program))
+}
+
+/// Mounts, devices, root switch and the protections applied inside the new root.
+fn build_root(spec: &Spec, rootfs: &Path, no_pivot: bool, terminal: bool) -> anyhow::Result<()> {
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .context("make / rprivate")?;
+    match std::fs::metadata(rootfs) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            return Err(SetupError::new(
+                ErrorCode::InvalidArgument,
+                format!("rootfs {} is not a directory", rootfs.display()),
+            )
+            .into())
+        }
+        Err(err) => {
+            return Err(SetupError::new(
+                ErrorCode::NotFound,
+                format!("rootfs {} does not exist: {err}", rootfs.display()),
+            )
+            .into())
+        }
+    }
+    mount(Some(rootfs), rootfs, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+        .context("bind the rootfs onto itself")?;
+
+    let dev_mounted = mounts::mount_all(rootfs, spec.mounts().as_deref().unwrap_or_default())?;
+    let linux = spec.linux().as_ref();
+    let devices = linux.and_then(|linux| linux.devices().as_deref()).unwrap_or_default();
+    devices::setup(rootfs, dev_mounted, devices, terminal).context("devices")?;
+
+    pivot::switch_root(rootfs, no_pivot)?;
+
+    if let Some(sysctls) = linux.and_then(|linux| linux.sysctl().as_ref()) {
+        for (key, value) in sysctls {
+            let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+            std::fs::write(&path, value).with_context(|| format!("sysctl {key}={value}"))?;
+        }
+    }
+    if let Some(linux) = linux {
+        masks::mask(linux.masked_paths().as_deref().unwrap_or_default())?;
+        masks::make_readonly(linux.readonly_paths().as_deref().unwrap_or_default())?;
+        if let Some(name) = linux.rootfs_propagation().as_deref().filter(|name| !name.is_empty()) {
+            let flags = mounts::propagation_flags(name).ok_or_else(|| {
+                SetupError::new(ErrorCode::InvalidArgument, format!("unknown rootfsPropagation {name:?}"))
+            })?;
+            mount(None::<&str>, "/", None::<&str>, flags, None::<&str>).context("set rootfsPropagation")?;
+        }
+    }
+    if namespaces::has_own_uts(spec) {
+        if let Some(hostname) = spec.hostname().as_deref().filter(|name| !name.is_empty()) {
+            nix::unistd::sethostname(hostname).context("sethostname")?;
+        }
+        if let Some(domain) = spec.domainname().as_deref().filter(|name| !name.is_empty()) {
+            set_domainname(domain)?;
+        }
+    }
+    if spec.root().as_ref().and_then(|root| root.readonly()) == Some(true) {
+        pivot::make_root_readonly()?;
+    }
+    Ok(())
+}
+
+fn set_domainname(name: &str) -> anyhow::Result<()> {
+    std::fs::write("/proc/sys/kernel/domainname", name).context("set the NIS domain name")
+}
