@@ -95,6 +95,7 @@ fn build_root(spec: &Spec, rootfs: &Path, no_pivot: bool, terminal: bool) -> any
     devices::setup(rootfs, dev_mounted, devices, terminal).context("devices")?;
 
     pivot::switch_root(rootfs, no_pivot)?;
+    create_cwd(spec)?;
 
     if let Some(sysctls) = linux.and_then(|linux| linux.sysctl().as_ref()) {
         for (key, value) in sysctls {
@@ -122,6 +123,23 @@ fn build_root(spec: &Spec, rootfs: &Path, no_pivot: bool, terminal: bool) -> any
     }
     if spec.root().as_ref().and_then(|root| root.readonly()) == Some(true) {
         pivot::make_root_readonly()?;
+    }
+    Ok(())
+}
+
+/// Creates the process's working directory when the image lacks it, as runc does (mode 0755,
+/// owned by root, before the root is made read-only and before the user switch).
+fn create_cwd(spec: &Spec) -> anyhow::Result<()> {
+    let Some(cwd) = spec.process().as_ref().map(|process| process.cwd().clone()) else {
+        return Ok(());
+    };
+    if cwd.is_absolute() && !cwd.exists() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&cwd)
+            .with_context(|| format!("create cwd {}", cwd.display()))?;
     }
     Ok(())
 }
