@@ -37,7 +37,9 @@ pub struct Sandbox {
 impl Sandbox {
     /// Boots the sandbox VM and waits until its agent serves. On failure everything started so
     /// far is stopped and removed again.
-    pub async fn start(id: &str, config: &Config, logger: &Logger) -> Result<Sandbox, Error> {
+    /// `hostname` becomes the guest's hostname, which containers without a UTS namespace of
+    /// their own, or without a hostname in their spec, see.
+    pub async fn start(id: &str, hostname: &str, config: &Config, logger: &Logger) -> Result<Sandbox, Error> {
         check_guest_files(config)?;
         let run_dir = run_dir_for(config, id);
         let logger = logger.new(slog::o!("sandbox" => id.to_string()));
@@ -53,7 +55,7 @@ impl Sandbox {
                 return Err(err);
             }
         };
-        match boot(id, config, &run_dir, &shared_dir, hypervisor.as_mut(), &logger).await {
+        match boot(id, hostname, config, &run_dir, &shared_dir, hypervisor.as_mut(), &logger).await {
             Ok(agent) => Ok(Sandbox {
                 id: id.to_string(),
                 run_dir,
@@ -145,6 +147,7 @@ fn new_hypervisor(
 
 async fn boot(
     id: &str,
+    hostname: &str,
     config: &Config,
     run_dir: &Path,
     shared_dir: &Path,
@@ -172,7 +175,7 @@ async fn boot(
     let agent = agent_client::connect(&hypervisor.agent_socket(), timeout, logger).await?;
     let mut request = CreateSandboxRequest::new();
     request.sandbox_id = id.to_string();
-    request.hostname = String::new();
+    request.hostname = hostname.to_string();
     request.shared_fs_tag = SHARED_FS_TAG.to_string();
     agent
         .create_sandbox(deadline(CONTROL_CALL_TIMEOUT), &request)

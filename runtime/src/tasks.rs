@@ -83,10 +83,21 @@ impl Tasks {
         let _ = self.events.send(event);
     }
 
+    /// The running sandbox. Every call but the first container's Create finds it booted.
     async fn sandbox(&self) -> Result<Arc<Sandbox>> {
         self.sandbox
+            .get()
+            .cloned()
+            .ok_or_else(|| Error::FailedPrecondition(format!("sandbox {} is not running", self.sandbox_id)))
+    }
+
+    /// Boots the sandbox on first use. `hostname` applies only then.
+    async fn sandbox_for_create(&self, hostname: &str) -> Result<Arc<Sandbox>> {
+        self.sandbox
             .get_or_try_init(|| async {
-                Sandbox::start(&self.sandbox_id, &self.config, &self.logger).await.map(Arc::new)
+                Sandbox::start(&self.sandbox_id, hostname, &self.config, &self.logger)
+                    .await
+                    .map(Arc::new)
             })
             .await
             .cloned()
@@ -121,7 +132,15 @@ impl Tasks {
         })?;
         let guest = guest_spec::for_guest(spec.clone(), &task.id, &task.bundle)
             .map_err(|err| Error::InvalidArgument(format!("{err:#}")))?;
-        let sandbox = self.sandbox().await?;
+        // Under runc a container without a hostname of its own sees the host's; the guest
+        // plays the host's part here, so it takes the host's name unless the spec gives one.
+        let hostname = match spec.hostname().as_deref().filter(|name| !name.is_empty()) {
+            Some(name) => name.to_string(),
+            None => nix::unistd::gethostname()
+                .map(|name| name.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        };
+        let sandbox = self.sandbox_for_create(&hostname).await?;
 
         let shared_root = sandbox.shared_dir.join(&task.id);
         let mounted_rootfs = match self.share_container_files(&task, &spec, &guest.shares, &sandbox) {

@@ -170,3 +170,18 @@ fn check(test: &str, rt: Runtime, cases: &[Case]) {
     assert!(failures.is_empty(), "differences:\n{}", failures.join("\n"));
     env.finish();
 }
+
+/// A container whose spec names no hostname sees the host's under runc (its new UTS namespace
+/// starts as a copy); under Bazaar the guest takes the host's name so the container sees the same.
+#[test]
+fn hostname_matches_runc() {
+    let Some(env) = TestEnv::start("e2e_compat-hostname", Runtime::Bazaar) else { return };
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("read host hostname");
+    let reference = env.run_runc("hostname-runc").image(IMAGE).args(["hostname"]).run();
+    env.assert_success(&reference);
+    assert_eq!(reference.stdout, host, "runc");
+    let out = env.run("hostname-bazaar").image(IMAGE).args(["hostname"]).run();
+    env.assert_success(&out);
+    assert_eq!(out.stdout, reference.stdout, "Bazaar differs from runc");
+    env.finish();
+}
