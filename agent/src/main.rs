@@ -30,6 +30,7 @@ mod container;
 mod error;
 mod init;
 mod logging;
+mod oom;
 mod reaper;
 mod service;
 mod state;
@@ -103,7 +104,8 @@ fn main() {
 async fn serve(config: Config, log: Logger) -> anyhow::Result<()> {
     let reaper = Reaper::start(log.new(o!("component" => "reaper")), !config.pid1)?;
     let config = Arc::new(config);
-    let agent = Arc::new(state::Agent::new(config.clone(), reaper, log.clone()));
+    let oom = oom::OomMonitor::start(log.new(o!("component" => "oom")))?;
+    let agent = Arc::new(state::Agent::new(config.clone(), reaper, oom, log.clone()));
     let services = bazaar_protocols::agent_ttrpc::create_agent_service(Arc::new(
         service::AgentServiceImpl::new(agent.clone()),
     ));

@@ -56,6 +56,8 @@ pub struct Container {
     pub shared_root: PathBuf,
     pub init: Arc<ProcessEntry>,
     execs: Mutex<HashMap<String, Arc<ProcessEntry>>>,
+    /// Frozen by Pause (the guest's cgroup freezer) until Resume.
+    paused: std::sync::atomic::AtomicBool,
 }
 
 impl Container {
@@ -66,7 +68,23 @@ impl Container {
         shared_root: PathBuf,
         init: Arc<ProcessEntry>,
     ) -> Container {
-        Container { id, bundle, mounted_rootfs, shared_root, init, execs: Mutex::new(HashMap::new()) }
+        Container {
+            id,
+            bundle,
+            mounted_rootfs,
+            shared_root,
+            init,
+            execs: Mutex::new(HashMap::new()),
+            paused: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn execs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<ProcessEntry>>> {

@@ -20,6 +20,8 @@ pub enum Status {
     Created,
     Running,
     Stopped,
+    /// Running, but its container is frozen (reported by the runtime, not stored here).
+    Paused,
 }
 
 /// How a process ended.

@@ -95,12 +95,36 @@ impl Tasks {
     async fn sandbox_for_create(&self, hostname: &str) -> Result<Arc<Sandbox>> {
         self.sandbox
             .get_or_try_init(|| async {
-                Sandbox::start(&self.sandbox_id, hostname, &self.config, &self.logger)
-                    .await
-                    .map(Arc::new)
+                let sandbox =
+                    Sandbox::start(&self.sandbox_id, hostname, &self.config, &self.logger).await?;
+                self.spawn_oom_watch(&sandbox);
+                Ok(Arc::new(sandbox))
             })
             .await
             .cloned()
+    }
+
+    /// Keeps one GetOOMEvent call outstanding for the sandbox's life and reports each OOM kill.
+    fn spawn_oom_watch(&self, sandbox: &Sandbox) {
+        let agent = sandbox.agent.clone();
+        let events = self.events.clone();
+        let logger = self.logger.clone();
+        tokio::spawn(async move {
+            let request = bazaar_protocols::agent::GetOOMEventRequest::new();
+            loop {
+                match agent.get_oom_event(no_deadline(), &request).await {
+                    Ok(event) => {
+                        info!(logger, "container hit its memory limit"; "container" => &event.container_id);
+                        let _ = events.send(Event::Oom { container_id: event.container_id });
+                    }
+                    Err(err) => {
+                        // The VM is gone or going: nothing more to watch.
+                        slog::debug!(logger, "OOM watch ended"; "error" => %err);
+                        return;
+                    }
+                }
+            }
+        });
     }
 
     async fn container(&self, id: &str) -> Result<Arc<Container>> {
@@ -408,12 +432,16 @@ impl Tasks {
     pub async fn state(&self, id: &str, exec_id: &str) -> Result<TaskState> {
         let (container, entry) = self.process(id, exec_id).await?;
         let process = &entry.process;
+        let status = match process.status() {
+            Status::Running if container.is_paused() => Status::Paused,
+            other => other,
+        };
         Ok(TaskState {
             id: id.to_string(),
             exec_id: exec_id.to_string(),
             bundle: container.bundle.clone(),
             pid: process.pid(),
-            status: process.status(),
+            status,
             stdio: process.stdio.clone(),
             exit: process.exit(),
         })
@@ -467,7 +495,7 @@ impl Tasks {
     }
 
     pub async fn pause(&self, id: &str) -> Result<()> {
-        self.container(id).await?;
+        let container = self.container(id).await?;
         let sandbox = self.sandbox().await?;
         let mut request = PauseContainerRequest::new();
         request.container_id = id.to_string();
@@ -476,11 +504,13 @@ impl Tasks {
             .pause_container(deadline(CONTROL_CALL_TIMEOUT), &request)
             .await
             .map_err(|err| Error::from_agent("PauseContainer", err))?;
+        container.set_paused(true);
+        self.emit(Event::Paused { container_id: id.to_string() });
         Ok(())
     }
 
     pub async fn resume(&self, id: &str) -> Result<()> {
-        self.container(id).await?;
+        let container = self.container(id).await?;
         let sandbox = self.sandbox().await?;
         let mut request = ResumeContainerRequest::new();
         request.container_id = id.to_string();
@@ -489,6 +519,8 @@ impl Tasks {
             .resume_container(deadline(CONTROL_CALL_TIMEOUT), &request)
             .await
             .map_err(|err| Error::from_agent("ResumeContainer", err))?;
+        container.set_paused(false);
+        self.emit(Event::Resumed { container_id: id.to_string() });
         Ok(())
     }
 

@@ -32,6 +32,7 @@ pub fn task_status(status: Status) -> TaskStatus {
         Status::Created => TaskStatus::CREATED,
         Status::Running => TaskStatus::RUNNING,
         Status::Stopped => TaskStatus::STOPPED,
+        Status::Paused => TaskStatus::PAUSED,
     }
 }
 

@@ -2,7 +2,8 @@
 
 use bazaar_runtime::events::{Event, EventReceiver};
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
+    TaskResumed, TaskStart,
 };
 use containerd_shim::protos::protobuf::MessageDyn;
 use containerd_shim::protos::topics;
@@ -74,6 +75,21 @@ fn to_containerd(event: Event) -> (&'static str, Box<dyn MessageDyn>) {
             msg.exit_status = status;
             msg.exited_at = Some(timestamp(at)).into();
             (topics::TASK_DELETE_EVENT_TOPIC, Box::new(msg))
+        }
+        Event::Paused { container_id } => {
+            let mut msg = TaskPaused::new();
+            msg.container_id = container_id;
+            (topics::TASK_PAUSED_EVENT_TOPIC, Box::new(msg))
+        }
+        Event::Resumed { container_id } => {
+            let mut msg = TaskResumed::new();
+            msg.container_id = container_id;
+            (topics::TASK_RESUMED_EVENT_TOPIC, Box::new(msg))
+        }
+        Event::Oom { container_id } => {
+            let mut msg = TaskOOM::new();
+            msg.container_id = container_id;
+            (topics::TASK_OOM_EVENT_TOPIC, Box::new(msg))
         }
     }
 }

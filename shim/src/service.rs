@@ -21,6 +21,8 @@ const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 pub struct Service {
     id: String,
     namespace: String,
+    /// containerd's own address, from which the sandbox shim's socket path is derived.
+    containerd_address: String,
     exit: Arc<ExitSignal>,
 }
 
@@ -44,7 +46,12 @@ impl Shim for Service {
     type T = TaskService;
 
     async fn new(_runtime_id: &str, args: &Flags, _config: &mut ShimConfig) -> Self {
-        Service { id: args.id.clone(), namespace: args.namespace.clone(), exit: Arc::new(ExitSignal::default()) }
+        Service {
+            id: args.id.clone(),
+            namespace: args.namespace.clone(),
+            containerd_address: args.address.clone(),
+            exit: Arc::new(ExitSignal::default()),
+        }
     }
 
     async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
@@ -63,6 +70,15 @@ impl Shim for Service {
         let sandbox = sandbox_id(&bundle, &self.id);
         info!(logger, "cleaning up after the shim"; "sandbox" => &sandbox);
         cleanup::after_dead_shim(&config, &sandbox, &self.id, &bundle, &logger);
+        if sandbox == self.id {
+            // A shim that was killed never removed its socket; containerd does not either.
+            let address =
+                containerd_shim::socket_address(&self.containerd_address, &self.namespace, &sandbox);
+            let path = address.trim_start_matches("unix://");
+            if std::path::Path::new(path).exists() {
+                let _ = std::fs::remove_file(path);
+            }
+        }
         let mut response = DeleteResponse::new();
         // As runc's shim reports a task it had to clean up after: killed (128 + SIGKILL).
         response.exit_status = 128 + libc::SIGKILL as u32;

@@ -50,6 +50,12 @@ pub async fn create(agent: &Agent, req: &CreateContainerRequest) -> Result<Empty
         }
     };
     info!(log, "container created"; "pid" => init.pid());
+    if let Some(cgroup) = &cgroup {
+        // Without the memory controller there is no memory.events and no OOM to report.
+        if let Err(err) = agent.oom.watch(id, cgroup.path()) {
+            warn!(log, "OOM events unavailable for this container"; "error" => format!("{err:#}"));
+        }
+    }
     agent.insert(Arc::new(Container::new(id.to_string(), cgroup, init, sync)));
     Ok(Empty::new())
 }
@@ -90,6 +96,7 @@ pub async fn start(agent: &Agent, req: &StartContainerRequest) -> Result<StartCo
 /// Kills what is left of the container and forgets it.
 pub async fn remove(agent: &Agent, req: &RemoveContainerRequest) -> Result<Empty> {
     let container = agent.container(&req.container_id)?;
+    agent.oom.unwatch(&req.container_id);
     container.destroy(&agent.log).await?;
     agent.forget(&req.container_id);
     info!(agent.log, "container removed"; "container" => &req.container_id);

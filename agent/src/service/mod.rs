@@ -149,6 +149,21 @@ impl AgentService for AgentServiceImpl {
         self.reply("TtyWinResize", &req.container_id, result)
     }
 
+    async fn get_oom_event(&self, _: &TtrpcContext, _: GetOOMEventRequest) -> ttrpc::Result<OOMEvent> {
+        match self.agent.oom.next().await {
+            Some(container_id) => {
+                let mut event = OOMEvent::new();
+                event.container_id = container_id;
+                Ok(event)
+            }
+            None => self.reply(
+                "GetOOMEvent",
+                "",
+                Err(Error::Internal(anyhow::anyhow!("the OOM monitor has stopped"))),
+            ),
+        }
+    }
+
     async fn check(&self, _: &TtrpcContext, _: CheckRequest) -> ttrpc::Result<HealthCheckResponse> {
         Ok(sandbox::check())
     }

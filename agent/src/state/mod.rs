@@ -16,12 +16,14 @@ pub use process::Process;
 use crate::config::Config;
 use crate::container::cgroups::CgroupRoot;
 use crate::error::{Error, Result};
+use crate::oom::OomMonitor;
 use crate::reaper::Reaper;
 
 /// The whole agent: configuration, reaper, sandbox facts and containers.
 pub struct Agent {
     pub config: Arc<Config>,
     pub reaper: Reaper,
+    pub oom: Arc<OomMonitor>,
     pub log: Logger,
     /// The sandbox id once CreateSandbox succeeded.
     sandbox: Mutex<Option<String>>,
@@ -47,10 +49,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Agent {
-    pub fn new(config: Arc<Config>, reaper: Reaper, log: Logger) -> Self {
+    pub fn new(config: Arc<Config>, reaper: Reaper, oom: Arc<OomMonitor>, log: Logger) -> Self {
         Agent {
             config,
             reaper,
+            oom,
             log,
             sandbox: Mutex::new(None),
             containers: Mutex::new(HashMap::new()),
