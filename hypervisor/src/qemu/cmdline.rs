@@ -78,8 +78,10 @@ pub fn qemu_args(args: &QemuArgs) -> Result<Vec<OsString>> {
         .push("-nodefaults")
         .push("-nographic")
         .push("-no-reboot");
+    // rtc=on: without the CMOS clock the guest waits ~1 s for it at boot and starts in 1970.
+    // x-option-roms=off: nothing to run from option ROMs with a direct kernel boot.
     out.push("-machine")
-        .push("microvm,acpi=off,memory-backend=mem");
+        .push("microvm,acpi=off,rtc=on,x-option-roms=off,memory-backend=mem");
     out.push("-accel").push(accel);
     out.push("-cpu").push(cpu);
     out.push("-smp").push(config.vcpus.to_string());
@@ -234,7 +236,7 @@ mod tests {
         })
         .unwrap();
         let expected = "-name bazaar-sb1 -no-user-config -nodefaults -nographic -no-reboot \
-            -machine microvm,acpi=off,memory-backend=mem -accel tcg -cpu max -smp 2 -m 256M \
+            -machine microvm,acpi=off,rtc=on,x-option-roms=off,memory-backend=mem -accel tcg -cpu max -smp 2 -m 256M \
             -object memory-backend-memfd,id=mem,size=256M,share=on \
             -global virtio-mmio.force-legacy=false \
             -kernel /k/bzImage -initrd /k/initrd.img \
