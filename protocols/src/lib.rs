@@ -3,7 +3,15 @@
 //! The runtime uses [`agent_ttrpc::AgentServiceClient`]; the agent implements
 //! [`agent_ttrpc::AgentService`] and serves it with [`agent_ttrpc::create_agent_service`].
 
-#![allow(clippy::all, unknown_lints, unused_imports, unused_results, unused_mut, non_camel_case_types, non_upper_case_globals)]
+#![allow(
+    clippy::all,
+    unknown_lints,
+    unused_imports,
+    unused_results,
+    unused_mut,
+    non_camel_case_types,
+    non_upper_case_globals
+)]
 
 /// Messages of the agent API.
 pub mod agent {

@@ -27,7 +27,11 @@ pub fn no_deadline() -> TtrpcContext {
 
 /// Connects to the agent through the VM's hybrid-vsock socket and waits until it reports
 /// SERVING. The guest may still be booting: connection failures are retried until `timeout`.
-pub async fn connect(socket: &Path, timeout: Duration, logger: &Logger) -> Result<AgentServiceClient> {
+pub async fn connect(
+    socket: &Path,
+    timeout: Duration,
+    logger: &Logger,
+) -> Result<AgentServiceClient> {
     let started = Instant::now();
     let stream = bazaar_hypervisor::hybrid_vsock::connect(socket, AGENT_VSOCK_PORT, timeout)
         .await

@@ -11,7 +11,13 @@ use crate::{mounts, state};
 
 /// Ends the sandbox's recorded helper processes (if `container_id` is the sandbox itself),
 /// unmounts the container's shares and rootfs, and removes the sandbox's state.
-pub fn after_dead_shim(config: &Config, sandbox_id: &str, container_id: &str, bundle: &Path, logger: &Logger) {
+pub fn after_dead_shim(
+    config: &Config,
+    sandbox_id: &str,
+    container_id: &str,
+    bundle: &Path,
+    logger: &Logger,
+) {
     let run_dir = run_dir_for(config, sandbox_id);
     if container_id == sandbox_id {
         match state::load(&run_dir) {
@@ -26,7 +32,8 @@ pub fn after_dead_shim(config: &Config, sandbox_id: &str, container_id: &str, bu
         remove_run_dir(&run_dir, logger);
     } else {
         let shared = run_dir.join("shared").join(container_id);
-        let result = mounts::unmount_all_under(&shared).and_then(|()| mounts::remove_dir_without_mounts(&shared));
+        let result = mounts::unmount_all_under(&shared)
+            .and_then(|()| mounts::remove_dir_without_mounts(&shared));
         if let Err(err) = result {
             warn!(logger, "cleaning a container's shares"; "error" => format!("{err:#}"));
         }

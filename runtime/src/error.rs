@@ -75,7 +75,9 @@ mod tests {
         match ttrpc_err {
             ttrpc::Error::RpcStatus(status) => {
                 assert_eq!(status.code(), Code::INTERNAL);
-                assert!(status.message().contains("outer") && status.message().contains("root cause"));
+                assert!(
+                    status.message().contains("outer") && status.message().contains("root cause")
+                );
             }
             other => panic!("unexpected {other:?}"),
         }

@@ -58,12 +58,12 @@ pub fn for_guest(mut spec: Spec, container_id: &str, bundle: &Path) -> Result<Gu
         let mut rewritten = Vec::with_capacity(mounts.len());
         for (index, mut mount) in mounts.into_iter().enumerate() {
             if is_bind(&mount) {
-                let source = mount
-                    .source()
-                    .clone()
-                    .with_context(|| format!("bind mount to {} has no source", mount.destination().display()))?;
+                let source = mount.source().clone().with_context(|| {
+                    format!("bind mount to {} has no source", mount.destination().display())
+                })?;
                 let host_source = if source.is_absolute() { source } else { bundle.join(source) };
-                let shared_relative = PathBuf::from(container_id).join("mounts").join(index.to_string());
+                let shared_relative =
+                    PathBuf::from(container_id).join("mounts").join(index.to_string());
                 mount.set_source(Some(Path::new(GUEST_SHARED_DIR).join(&shared_relative)));
                 shares.push(ShareRequest {
                     host_source,
@@ -125,8 +125,14 @@ mod tests {
 
         let mounts = guest.spec.mounts().clone().unwrap();
         assert_eq!(mounts[0].source().clone().unwrap(), PathBuf::from("proc"));
-        assert_eq!(mounts[1].source().clone().unwrap(), PathBuf::from("/run/bazaar/shared/c1/mounts/1"));
-        assert_eq!(mounts[2].source().clone().unwrap(), PathBuf::from("/run/bazaar/shared/c1/mounts/2"));
+        assert_eq!(
+            mounts[1].source().clone().unwrap(),
+            PathBuf::from("/run/bazaar/shared/c1/mounts/1")
+        );
+        assert_eq!(
+            mounts[2].source().clone().unwrap(),
+            PathBuf::from("/run/bazaar/shared/c1/mounts/2")
+        );
 
         assert_eq!(
             guest.shares,

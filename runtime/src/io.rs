@@ -51,7 +51,7 @@ async fn copy_output(
     container_id: &str,
     exec_id: &str,
     stream: OutputStream,
-    fifo: &PathBuf,
+    fifo: &std::path::Path,
 ) -> Result<()> {
     let mut sink = open_fifo_for_writing(fifo).await?;
     let mut request = ReadStreamRequest::new();
@@ -76,8 +76,8 @@ async fn copy_output(
     }
 }
 
-async fn open_fifo_for_writing(fifo: &PathBuf) -> Result<std::fs::File> {
-    let path = fifo.clone();
+async fn open_fifo_for_writing(fifo: &std::path::Path) -> Result<std::fs::File> {
+    let path = fifo.to_path_buf();
     tokio::task::spawn_blocking(move || {
         std::fs::OpenOptions::new()
             .write(true)
@@ -99,10 +99,8 @@ impl StdinCopy {
     /// ourselves and closing it, which makes its `open` return and its `read` see EOF.
     pub fn close(&self) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        let _ = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&self.fifo);
+        let _ =
+            std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&self.fifo);
     }
 }
 
@@ -148,7 +146,7 @@ pub fn spawn_stdin_copy(
 }
 
 fn read_fifo(
-    fifo: &PathBuf,
+    fifo: &std::path::Path,
     tx: &mpsc::Sender<Vec<u8>>,
     stop: &std::sync::atomic::AtomicBool,
 ) -> Result<()> {

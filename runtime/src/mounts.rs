@@ -19,8 +19,9 @@ pub fn mount_rootfs(mounts: &[RootfsMount], target: &Path) -> Result<()> {
     std::fs::create_dir_all(target)
         .with_context(|| format!("creating rootfs mount point {}", target.display()))?;
     for m in mounts {
-        containerd_shim_mount(m, target)
-            .with_context(|| format!("mounting {} rootfs {} at {}", m.fs_type, m.source, target.display()))?;
+        containerd_shim_mount(m, target).with_context(|| {
+            format!("mounting {} rootfs {} at {}", m.fs_type, m.source, target.display())
+        })?;
     }
     Ok(())
 }
@@ -110,10 +111,7 @@ pub fn remove_dir_without_mounts(dir: &Path) -> Result<()> {
 /// Mount points at or below `path`, from /proc/self/mountinfo.
 pub fn mounts_under(path: &Path) -> Result<Vec<PathBuf>> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
-    Ok(parse_mount_points(&text)
-        .into_iter()
-        .filter(|point| point.starts_with(path))
-        .collect())
+    Ok(parse_mount_points(&text).into_iter().filter(|point| point.starts_with(path)).collect())
 }
 
 /// Mount points (field 5) of mountinfo text, with the kernel's octal escapes decoded.
@@ -132,7 +130,9 @@ fn unescape_octal(text: &str) -> String {
     while i < bytes.len() {
         let escape = bytes.get(i + 1..i + 4);
         match escape {
-            Some(digits) if bytes[i] == b'\\' && digits.iter().all(|d| (b'0'..=b'7').contains(d)) => {
+            Some(digits)
+                if bytes[i] == b'\\' && digits.iter().all(|d| (b'0'..=b'7').contains(d)) =>
+            {
                 let value = digits.iter().fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
                 out.push(value as u8);
                 i += 4;

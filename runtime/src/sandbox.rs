@@ -39,7 +39,12 @@ impl Sandbox {
     /// far is stopped and removed again.
     /// `hostname` becomes the guest's hostname, which containers without a UTS namespace of
     /// their own, or without a hostname in their spec, see.
-    pub async fn start(id: &str, hostname: &str, config: &Config, logger: &Logger) -> Result<Sandbox, Error> {
+    pub async fn start(
+        id: &str,
+        hostname: &str,
+        config: &Config,
+        logger: &Logger,
+    ) -> Result<Sandbox, Error> {
         check_guest_files(config)?;
         let run_dir = run_dir_for(config, id);
         let logger = logger.new(slog::o!("sandbox" => id.to_string()));
@@ -55,7 +60,8 @@ impl Sandbox {
                 return Err(err);
             }
         };
-        match boot(id, hostname, config, &run_dir, &shared_dir, hypervisor.as_mut(), &logger).await {
+        match boot(id, hostname, config, &run_dir, &shared_dir, hypervisor.as_mut(), &logger).await
+        {
             Ok(agent) => Ok(Sandbox {
                 id: id.to_string(),
                 run_dir,
@@ -79,7 +85,9 @@ impl Sandbox {
         let mut request = DestroySandboxRequest::new();
         request.sandbox_id = self.id.clone();
         // Best effort: the VM is ended below whatever the guest answers.
-        if let Err(err) = self.agent.destroy_sandbox(deadline(Duration::from_secs(2)), &request).await {
+        if let Err(err) =
+            self.agent.destroy_sandbox(deadline(Duration::from_secs(2)), &request).await
+        {
             warn!(self.logger, "guest did not confirm shutdown"; "error" => %err);
         }
         if let Err(err) = self.hypervisor.lock().await.stop().await {
@@ -91,7 +99,9 @@ impl Sandbox {
 }
 
 fn check_guest_files(config: &Config) -> Result<(), Error> {
-    for (what, path) in [("kernel", &config.hypervisor.kernel), ("initrd", &config.hypervisor.initrd)] {
+    for (what, path) in
+        [("kernel", &config.hypervisor.kernel), ("initrd", &config.hypervisor.initrd)]
+    {
         if !path.is_file() {
             return Err(Error::FailedPrecondition(format!(
                 "guest {what} {} does not exist (set hypervisor.{what} in {})",

@@ -34,7 +34,8 @@ pub fn load(run_dir: &Path) -> Result<Option<SandboxState>> {
     let file = path(run_dir);
     match std::fs::read(&file) {
         Ok(bytes) => Ok(Some(
-            serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", file.display()))?,
+            serde_json::from_slice(&bytes)
+                .with_context(|| format!("parsing {}", file.display()))?,
         )),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(err) => Err(err).with_context(|| format!("reading {}", file.display())),

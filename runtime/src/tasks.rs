@@ -85,10 +85,9 @@ impl Tasks {
 
     /// The running sandbox. Every call but the first container's Create finds it booted.
     async fn sandbox(&self) -> Result<Arc<Sandbox>> {
-        self.sandbox
-            .get()
-            .cloned()
-            .ok_or_else(|| Error::FailedPrecondition(format!("sandbox {} is not running", self.sandbox_id)))
+        self.sandbox.get().cloned().ok_or_else(|| {
+            Error::FailedPrecondition(format!("sandbox {} is not running", self.sandbox_id))
+        })
     }
 
     /// Boots the sandbox on first use. `hostname` applies only then.
@@ -136,11 +135,15 @@ impl Tasks {
             .ok_or_else(|| Error::NotFound(format!("container {id} not found")))
     }
 
-    async fn process(&self, id: &str, exec_id: &str) -> Result<(Arc<Container>, Arc<ProcessEntry>)> {
+    async fn process(
+        &self,
+        id: &str,
+        exec_id: &str,
+    ) -> Result<(Arc<Container>, Arc<ProcessEntry>)> {
         let container = self.container(id).await?;
-        let entry = container
-            .process(exec_id)
-            .ok_or_else(|| Error::NotFound(format!("exec {exec_id} of container {id} not found")))?;
+        let entry = container.process(exec_id).ok_or_else(|| {
+            Error::NotFound(format!("exec {exec_id} of container {id} not found"))
+        })?;
         Ok((container, entry))
     }
 
@@ -167,21 +170,35 @@ impl Tasks {
         let sandbox = self.sandbox_for_create(&hostname).await?;
 
         let shared_root = sandbox.shared_dir.join(&task.id);
-        let mounted_rootfs = match self.share_container_files(&task, &spec, &guest.shares, &sandbox) {
+        let mounted_rootfs = match self.share_container_files(&task, &spec, &guest.shares, &sandbox)
+        {
             Ok(mounted) => mounted,
             Err(err) => {
-                undo_container_mounts(&shared_root, !task.rootfs.is_empty(), &task.bundle, &self.logger);
+                undo_container_mounts(
+                    &shared_root,
+                    !task.rootfs.is_empty(),
+                    &task.bundle,
+                    &self.logger,
+                );
                 return Err(Error::Internal(err));
             }
         };
 
         let mut request = CreateContainerRequest::new();
         request.container_id = task.id.clone();
-        request.oci_spec_json = serde_json::to_vec(&guest.spec).context("serialising the guest spec")?;
+        request.oci_spec_json =
+            serde_json::to_vec(&guest.spec).context("serialising the guest spec")?;
         request.terminal = task.stdio.terminal;
         request.stdin = !task.stdio.stdin.is_empty();
-        if let Err(err) = sandbox.agent.create_container(deadline(CONTROL_CALL_TIMEOUT), &request).await {
-            undo_container_mounts(&shared_root, mounted_rootfs.is_some(), &task.bundle, &self.logger);
+        if let Err(err) =
+            sandbox.agent.create_container(deadline(CONTROL_CALL_TIMEOUT), &request).await
+        {
+            undo_container_mounts(
+                &shared_root,
+                mounted_rootfs.is_some(),
+                &task.bundle,
+                &self.logger,
+            );
             return Err(Error::from_agent("CreateContainer", err));
         }
 
@@ -230,7 +247,11 @@ impl Tasks {
         let shared_rootfs = sandbox.shared_dir.join(guest_spec::shared_rootfs_relative(&task.id));
         mounts::bind(&host_rootfs, &shared_rootfs, false)?;
         for share in shares {
-            mounts::bind(&share.host_source, &sandbox.shared_dir.join(&share.shared_relative), share.readonly)?;
+            mounts::bind(
+                &share.host_source,
+                &sandbox.shared_dir.join(&share.shared_relative),
+                share.readonly,
+            )?;
         }
         Ok(mounted)
     }
@@ -239,7 +260,9 @@ impl Tasks {
     fn attach_stdio(&self, sandbox: &Sandbox, entry: &ProcessEntry) {
         let process = &entry.process;
         let stdio = &process.stdio;
-        for (path, stream) in [(&stdio.stdout, OutputStream::Stdout), (&stdio.stderr, OutputStream::Stderr)] {
+        for (path, stream) in
+            [(&stdio.stdout, OutputStream::Stdout), (&stdio.stderr, OutputStream::Stderr)]
+        {
             if !path.is_empty() {
                 entry.add_output(spawn_output_copy(
                     sandbox.agent.clone(),
@@ -300,7 +323,11 @@ impl Tasks {
         if exec_id.is_empty() {
             self.emit(Event::Started { container_id: id.to_string(), pid });
         } else {
-            self.emit(Event::ExecStarted { container_id: id.to_string(), exec_id: exec_id.to_string(), pid });
+            self.emit(Event::ExecStarted {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+                pid,
+            });
         }
         self.spawn_exit_watch(&sandbox, entry);
         info!(self.logger, "process started"; "container" => id, "exec" => exec_id, "pid" => pid);
@@ -351,7 +378,13 @@ impl Tasks {
     }
 
     /// Registers an exec; it runs on `start`.
-    pub async fn exec(&self, id: &str, exec_id: &str, process_json: Vec<u8>, stdio: StdioPaths) -> Result<()> {
+    pub async fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process_json: Vec<u8>,
+        stdio: StdioPaths,
+    ) -> Result<()> {
         let container = self.container(id).await?;
         if container.init.process.status() == Status::Stopped {
             return Err(Error::FailedPrecondition(format!("container {id} is not running")));
@@ -360,7 +393,9 @@ impl Tasks {
             .map_err(|err| Error::InvalidArgument(format!("invalid exec process spec: {err}")))?;
         let entry = ProcessEntry::new(Process::new(id, exec_id, stdio), Some(process_json));
         if !container.add_exec(exec_id, entry) {
-            return Err(Error::AlreadyExists(format!("exec {exec_id} already exists in container {id}")));
+            return Err(Error::AlreadyExists(format!(
+                "exec {exec_id} already exists in container {id}"
+            )));
         }
         self.emit(Event::ExecAdded { container_id: id.to_string(), exec_id: exec_id.to_string() });
         Ok(())
@@ -400,7 +435,10 @@ impl Tasks {
         }
         let exit = match entry.process.exit() {
             Some(exit) => exit,
-            None => entry.process.set_exited(0).unwrap_or(Exit { status: 0, at: std::time::SystemTime::now() }),
+            None => entry
+                .process
+                .set_exited(0)
+                .unwrap_or(Exit { status: 0, at: std::time::SystemTime::now() }),
         };
         let pid = entry.process.pid();
         if !exec_id.is_empty() {
@@ -414,7 +452,9 @@ impl Tasks {
         let sandbox = self.sandbox().await?;
         let mut request = RemoveContainerRequest::new();
         request.container_id = id.to_string();
-        if let Err(err) = sandbox.agent.remove_container(deadline(CONTROL_CALL_TIMEOUT), &request).await {
+        if let Err(err) =
+            sandbox.agent.remove_container(deadline(CONTROL_CALL_TIMEOUT), &request).await
+        {
             warn!(self.logger, "guest failed to remove the container"; "container" => id, "error" => %err);
         }
         undo_container_mounts(
@@ -424,7 +464,12 @@ impl Tasks {
             &self.logger,
         );
         self.containers.lock().await.remove(id);
-        self.emit(Event::Deleted { container_id: id.to_string(), pid, status: exit.status, at: exit.at });
+        self.emit(Event::Deleted {
+            container_id: id.to_string(),
+            pid,
+            status: exit.status,
+            at: exit.at,
+        });
         info!(self.logger, "container deleted"; "container" => id);
         Ok((pid, exit))
     }
@@ -572,7 +617,12 @@ impl Tasks {
 }
 
 /// Unmounts what was shared for one container and, if the runtime mounted it, its rootfs.
-fn undo_container_mounts(shared_root: &Path, rootfs_mounted_by_us: bool, bundle: &Path, logger: &Logger) {
+fn undo_container_mounts(
+    shared_root: &Path,
+    rootfs_mounted_by_us: bool,
+    bundle: &Path,
+    logger: &Logger,
+) {
     let result = mounts::unmount_all_under(shared_root)
         .and_then(|()| mounts::remove_dir_without_mounts(shared_root));
     if let Err(err) = result {

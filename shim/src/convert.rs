@@ -5,11 +5,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bazaar_protocols::agent::StatsContainerResponse;
 use bazaar_runtime::mounts::RootfsMount;
 use bazaar_runtime::process::Status;
-use containerd_shim::protos::types::mount::Mount;
-use containerd_shim::protos::cgroups_v2::metrics::{CPUStat, MemoryEvents, MemoryStat, Metrics, PidsStat};
+use containerd_shim::protos::cgroups_v2::metrics::{
+    CPUStat, MemoryEvents, MemoryStat, Metrics, PidsStat,
+};
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::Message;
+use containerd_shim::protos::types::mount::Mount;
 use containerd_shim::protos::types::task::Status as TaskStatus;
 
 pub fn timestamp(at: SystemTime) -> Timestamp {
@@ -23,7 +25,11 @@ pub fn timestamp(at: SystemTime) -> Timestamp {
 pub fn rootfs_mounts(mounts: &[Mount]) -> Vec<RootfsMount> {
     mounts
         .iter()
-        .map(|m| RootfsMount { fs_type: m.type_.clone(), source: m.source.clone(), options: m.options.clone() })
+        .map(|m| RootfsMount {
+            fs_type: m.type_.clone(),
+            source: m.source.clone(),
+            options: m.options.clone(),
+        })
         .collect()
 }
 

@@ -14,7 +14,12 @@ use slog::{warn, Logger};
 use crate::convert::timestamp;
 
 /// Publishes every event from `events` until the runtime drops its sender.
-pub async fn forward(publisher: RemotePublisher, namespace: String, mut events: EventReceiver, logger: Logger) {
+pub async fn forward(
+    publisher: RemotePublisher,
+    namespace: String,
+    mut events: EventReceiver,
+    logger: Logger,
+) {
     while let Some(event) = events.recv().await {
         let (topic, message) = to_containerd(event);
         if let Err(err) = publisher.publish(Context::default(), topic, &namespace, message).await {

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bazaar_runtime::config::Config;
 use bazaar_runtime::cleanup;
+use bazaar_runtime::config::Config;
 use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Config as ShimConfig, DeleteResponse, Error, Flags, StartOpts};
@@ -72,8 +72,11 @@ impl Shim for Service {
         cleanup::after_dead_shim(&config, &sandbox, &self.id, &bundle, &logger);
         if sandbox == self.id {
             // A shim that was killed never removed its socket; containerd does not either.
-            let address =
-                containerd_shim::socket_address(&self.containerd_address, &self.namespace, &sandbox);
+            let address = containerd_shim::socket_address(
+                &self.containerd_address,
+                &self.namespace,
+                &sandbox,
+            );
             let path = address.trim_start_matches("unix://");
             if std::path::Path::new(path).exists() {
                 let _ = std::fs::remove_file(path);
@@ -100,7 +103,14 @@ impl Shim for Service {
         let logger = crate::logger::for_shim(&config.log.level, &self.namespace, &self.id);
         let sandbox = sandbox_id(&current_bundle(), &self.id);
         info!(logger, "shim serving"; "sandbox" => &sandbox, "pid" => std::process::id());
-        TaskService::new(sandbox, self.namespace.clone(), config, config_error, publisher, self.exit.clone(), logger)
+        TaskService::new(
+            sandbox,
+            self.namespace.clone(),
+            config,
+            config_error,
+            publisher,
+            self.exit.clone(),
+            logger,
+        )
     }
 }
-

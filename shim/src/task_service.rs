@@ -45,19 +45,31 @@ impl TaskService {
 
 #[async_trait]
 impl Task for TaskService {
-    async fn create(&self, _ctx: &TtrpcContext, req: CreateTaskRequest) -> TtrpcResult<CreateTaskResponse> {
+    async fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateTaskRequest,
+    ) -> TtrpcResult<CreateTaskResponse> {
         debug!(self.logger, "create"; "container" => &req.id, "bundle" => &req.bundle);
         if let Some(err) = &self.config_error {
             return Err(Error::InvalidArgument(err.clone()).into());
         }
         if !req.checkpoint.is_empty() {
-            return Err(Error::Unimplemented("restoring from a checkpoint is not supported".into()).into());
+            return Err(Error::Unimplemented(
+                "restoring from a checkpoint is not supported".into(),
+            )
+            .into());
         }
         let task = CreateTask {
             id: req.id.clone(),
             bundle: PathBuf::from(&req.bundle),
             rootfs: convert::rootfs_mounts(&req.rootfs),
-            stdio: StdioPaths { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal },
+            stdio: StdioPaths {
+                stdin: req.stdin,
+                stdout: req.stdout,
+                stderr: req.stderr,
+                terminal: req.terminal,
+            },
         };
         let pid = self.tasks.create(task).await?;
         let mut response = CreateTaskResponse::new();
@@ -114,12 +126,16 @@ impl Task for TaskService {
     }
 
     async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
-        let spec = req
-            .spec
-            .as_ref()
-            .map(|any| any.value.clone())
-            .ok_or_else(|| Error::InvalidArgument("exec request carries no process spec".into()))?;
-        let stdio = StdioPaths { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal };
+        let spec =
+            req.spec.as_ref().map(|any| any.value.clone()).ok_or_else(|| {
+                Error::InvalidArgument("exec request carries no process spec".into())
+            })?;
+        let stdio = StdioPaths {
+            stdin: req.stdin,
+            stdout: req.stdout,
+            stderr: req.stderr,
+            terminal: req.terminal,
+        };
         self.tasks.exec(&req.id, &req.exec_id, spec, stdio).await?;
         Ok(Empty::new())
     }
@@ -174,11 +190,19 @@ impl Task for TaskService {
         Ok(response)
     }
 
-    async fn checkpoint(&self, _ctx: &TtrpcContext, _req: CheckpointTaskRequest) -> TtrpcResult<Empty> {
+    async fn checkpoint(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: CheckpointTaskRequest,
+    ) -> TtrpcResult<Empty> {
         Err(Error::Unimplemented("checkpoint is not supported by the bazaar runtime".into()).into())
     }
 
-    async fn connect(&self, _ctx: &TtrpcContext, req: ConnectRequest) -> TtrpcResult<ConnectResponse> {
+    async fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ConnectRequest,
+    ) -> TtrpcResult<ConnectResponse> {
         let mut response = ConnectResponse::new();
         response.shim_pid = std::process::id();
         response.task_pid = self.tasks.task_pid(&req.id).await;
