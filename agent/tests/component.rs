@@ -175,10 +175,11 @@ async fn env_cwd_and_user() {
         let lines: Vec<&str> = stdout.lines().collect();
         assert_eq!(&lines[..6], &["bar", "/home/alice", "1000", "1000", "1000 50", "/home/alice"], "{stdout}");
 
+        // A missing cwd is created, as runc does; one that cannot be (under a file) fails.
         let mut bad_cwd = spec(&["true"]);
-        bad_cwd["process"]["cwd"] = json!("/nonexistent");
+        bad_cwd["process"]["cwd"] = json!("/bin/busybox/sub");
         let err = env.create(&env.id("badcwd"), &bad_cwd, false, false).await.expect_err("create");
-        assert!(status_of(err).message().contains("/nonexistent"));
+        assert!(status_of(err).message().contains("/bin/busybox/sub"));
     })
     .await;
 }

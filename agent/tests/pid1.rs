@@ -16,7 +16,7 @@ async fn agent_as_pid1() {
         return;
     }
     if !Path::new("/usr/bin/unshare").exists() {
-        eprintln!("SKIP agent_as_pid1: unshare (util-linux) is not installed");
+        bazaar_tests::skip::skip("agent_as_pid1", "unshare (util-linux) is not installed");
         return;
     }
     let body = async {

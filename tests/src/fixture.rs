@@ -94,10 +94,9 @@ impl Builder {
     /// silently because something was not built.
     pub fn start(self) -> Option<TestEnv> {
         if !is_root() {
-            eprintln!(
-                "\n!!!!!! SKIP {}: the e2e tests need root (containerd, mounts, VMs). \
-                 Run them as root: `make test`. !!!!!!\n",
-                self.name
+            crate::skip::skip(
+                &self.name,
+                "the e2e tests need root (containerd, mounts, VMs); run them as root: `make test`",
             );
             return None;
         }

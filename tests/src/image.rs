@@ -295,7 +295,10 @@ mod tests {
     #[test]
     fn builds_a_consistent_oci_layout() {
         if !Path::new(BUSYBOX).exists() {
-            eprintln!("SKIP: {BUSYBOX} missing (busybox-static not installed)");
+            crate::skip::skip(
+                "image::builds_a_consistent_oci_layout",
+                &format!("{BUSYBOX} missing (busybox-static not installed)"),
+            );
             return;
         }
         let dir = TempDir::new("bzt-unit-image").unwrap();

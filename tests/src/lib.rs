@@ -29,4 +29,5 @@ pub mod leaks;
 pub mod lock;
 pub mod paths;
 pub mod process;
+pub mod skip;
 pub mod tempdir;

@@ -35,11 +35,11 @@ pub fn ctx() -> ttrpc::context::Context {
 /// Whether the component tests can run here; prints a loud SKIP when not.
 pub fn can_run(test: &str) -> bool {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP {test}: the agent component tests need root (namespaces, mounts)");
+        bazaar_tests::skip::skip(test, "the agent component tests need root (namespaces, mounts)");
         return false;
     }
     if !Path::new(BUSYBOX).exists() {
-        eprintln!("SKIP {test}: {BUSYBOX} (busybox-static) is not installed");
+        bazaar_tests::skip::skip(test, &format!("{BUSYBOX} (busybox-static) is not installed"));
         return false;
     }
     true

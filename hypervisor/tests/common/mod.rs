@@ -20,9 +20,9 @@ pub fn guest_kernel() -> Option<PathBuf> {
     if path.is_file() {
         Some(path)
     } else {
-        eprintln!(
-            "SKIPPED: no guest kernel at {}; run make guest-image",
-            path.display()
+        bazaar_tests::skip::skip(
+            "hypervisor VM test",
+            &format!("no guest kernel at {}; run make guest-image", path.display()),
         );
         None
     }
@@ -40,9 +40,9 @@ pub fn qemu_paths() -> Option<QemuPaths> {
     };
     for path in [&paths.qemu, &paths.virtiofsd, &paths.vhost_vsock] {
         if !path.is_file() {
-            eprintln!(
-                "SKIPPED: {} is missing; run scripts/install-deps.sh",
-                path.display()
+            bazaar_tests::skip::skip(
+                "hypervisor VM test",
+                &format!("{} is missing; run scripts/install-deps.sh", path.display()),
             );
             return None;
         }
@@ -320,14 +320,17 @@ pub fn build_vsock_echo(dir: &Path) -> Option<PathBuf> {
     match output {
         Ok(out) if out.status.success() => Some(binary),
         Ok(out) => {
-            eprintln!(
-                "SKIPPED: cc -static failed: {}",
-                String::from_utf8_lossy(&out.stderr)
+            bazaar_tests::skip::skip(
+                "hypervisor vsock echo test",
+                &format!("cc -static failed: {}", String::from_utf8_lossy(&out.stderr)),
             );
             None
         }
         Err(err) => {
-            eprintln!("SKIPPED: no C compiler for the guest vsock echo server ({err})");
+            bazaar_tests::skip::skip(
+                "hypervisor vsock echo test",
+                &format!("no C compiler for the guest vsock echo server ({err})"),
+            );
             None
         }
     }

@@ -1,0 +1,114 @@
+//! Booting Linux: load the kernel and initrd, write the zero page and boot tables, and set up
+//! each vCPU (CPUID, MSRs, registers, LAPIC). The 64-bit boot protocol is used for both
+//! bzImage and ELF kernels; PVH entry is recorded but not used yet.
+
+pub mod cpuid;
+pub mod gdt;
+pub mod kernel;
+pub mod layout;
+pub mod params;
+pub mod regs;
+
+use std::path::{Path, PathBuf};
+
+use kvm_ioctls::{Kvm, VcpuFd};
+use linux_loader::cmdline::Cmdline;
+
+use crate::memory::GuestMemory;
+pub use kernel::LoadedKernel;
+
+/// Errors booting a guest.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A boot file could not be opened or read.
+    #[error("cannot read {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// linux-loader refused the kernel image.
+    #[error("cannot load the kernel: {0}")]
+    LoadKernel(#[source] linux_loader::loader::Error),
+    /// The initrd does not fit in low memory above the kernel.
+    #[error("an initrd of {0} bytes does not fit in guest memory")]
+    InitrdTooBig(u64),
+    /// The command line is invalid or too long.
+    #[error("bad kernel command line: {0}")]
+    Cmdline(#[source] linux_loader::loader::Error),
+    /// The command line cannot be made a C string.
+    #[error("bad kernel command line: {0}")]
+    CmdlineText(#[source] linux_loader::cmdline::Error),
+    /// Writing the zero page failed.
+    #[error("cannot write the zero page: {0}")]
+    ZeroPage(#[source] linux_loader::configurator::Error),
+    /// More e820 entries than the zero page holds.
+    #[error("{0} e820 entries do not fit in the zero page")]
+    E820TooLong(usize),
+    /// Writing the GDT or page tables failed.
+    #[error("cannot write boot tables at {addr:#x}: {source}")]
+    WriteTables {
+        addr: u64,
+        #[source]
+        source: vm_memory::GuestMemoryError,
+    },
+    /// KVM_GET_SUPPORTED_CPUID or KVM_SET_CPUID2 failed.
+    #[error("cannot set CPUID: {0}")]
+    Cpuid(#[source] kvm_ioctls::Error),
+    /// Getting the MSR list or setting MSRs failed.
+    #[error("cannot set MSRs: {0}")]
+    Msrs(#[source] kvm_ioctls::Error),
+    /// Too many MSRs for one KVM call.
+    #[error("cannot build a list of {0} MSRs")]
+    MsrCount(usize),
+    /// KVM accepted only part of the MSR list.
+    #[error("KVM refused MSR {index:#x}")]
+    MsrRejected { index: u32 },
+    /// KVM_GET/SET_SREGS failed.
+    #[error("cannot set special registers: {0}")]
+    Sregs(#[source] kvm_ioctls::Error),
+    /// KVM_SET_REGS failed.
+    #[error("cannot set registers: {0}")]
+    Regs(#[source] kvm_ioctls::Error),
+    /// KVM_SET_FPU failed.
+    #[error("cannot set FPU state: {0}")]
+    Fpu(#[source] kvm_ioctls::Error),
+    /// KVM_GET/SET_LAPIC failed.
+    #[error("cannot set up the local APIC: {0}")]
+    Lapic(#[source] kvm_ioctls::Error),
+}
+
+/// Loads kernel and initrd, writes the command line, zero page and boot tables. Returns where
+/// the vCPUs start.
+pub fn load_linux(
+    mem: &GuestMemory,
+    kernel_path: &Path,
+    initrd_path: Option<&Path>,
+    cmdline: &Cmdline,
+) -> Result<LoadedKernel, Error> {
+    let kernel = kernel::load_kernel(mem, kernel_path)?;
+    let initrd = initrd_path.map(|p| kernel::load_initrd(mem, p, &kernel)).transpose()?;
+    params::write_zero_page(mem, &kernel, cmdline, initrd)?;
+    regs::write_boot_tables(mem)?;
+    Ok(kernel)
+}
+
+/// Sets up vCPU `id` of `count` to enter the kernel at `entry` in long mode. Every vCPU starts
+/// at the entry here; with an irqchip, secondary vCPUs would instead wait for INIT-SIPI (see
+/// the crate README: multi-vCPU Linux boot needs the MP table first).
+pub fn setup_vcpu(
+    kvm: &Kvm,
+    vcpu: &VcpuFd,
+    id: u8,
+    count: u8,
+    entry: u64,
+    irqchip: bool,
+) -> Result<(), Error> {
+    cpuid::setup(kvm, vcpu, id, count)?;
+    regs::setup_msrs(kvm, vcpu)?;
+    regs::setup_long_mode(vcpu, entry)?;
+    if irqchip {
+        regs::setup_lint(vcpu)?;
+    }
+    Ok(())
+}
