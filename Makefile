@@ -29,7 +29,7 @@ DATADIR    ?= /usr/share/bazaar
 SYSCONFDIR ?= /etc/bazaar
 
 .NOTPARALLEL:
-.PHONY: all deps build guest-image install demo test clean help
+.PHONY: all deps build guest-image install demo test bench clean help
 
 all: build guest-image
 
@@ -77,6 +77,12 @@ demo: deps build guest-image install
 ## private containerd and real VMs). Ends with cargo's summaries and one total line.
 test: deps build guest-image
 	bash scripts/run-tests.sh
+
+## Figures, not a test: start latency (with a phase breakdown), memory, density, exec and I/O of
+## Bazaar next to runc, through a private containerd, with the shim and guest built in this tree
+## (not the installed ones). Knobs: BENCH_RUNS, BENCH_DENSITY, ... (README.md, "Benchmarks").
+bench: deps build guest-image
+	target/release/bazaar-bench
 
 clean:
 	$(CARGO) clean

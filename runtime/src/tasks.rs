@@ -556,6 +556,10 @@ impl Tasks {
 
     pub async fn resume(&self, id: &str) -> Result<()> {
         let container = self.container(id).await?;
+        if !container.is_paused() {
+            // runc's wording; containerd passes it through to the user.
+            return Err(Error::FailedPrecondition("cannot resume a running process".to_string()));
+        }
         let sandbox = self.sandbox().await?;
         let mut request = ResumeContainerRequest::new();
         request.container_id = id.to_string();

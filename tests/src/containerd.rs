@@ -44,6 +44,8 @@ pub struct PrivateContainerd {
     dir: TempDir,
     child: Option<Child>,
     pid: i32,
+    /// How it was started, for [`PrivateContainerd::restart`].
+    options: Options,
 }
 
 impl PrivateContainerd {
@@ -59,26 +61,45 @@ impl PrivateContainerd {
             .with_context(|| format!("cannot write {}", config_path.display()))?;
         let log_path = dir.path().join("containerd.log");
         let log = File::create(&log_path)?;
-
-        let mut path = options.path_prepend.clone();
-        path.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
-        let mut cmd = Command::new("containerd");
-        cmd.arg("--config")
-            .arg(&config_path)
-            .arg("--log-level")
-            .arg(std::env::var(LOG_LEVEL_ENV).unwrap_or_else(|_| "info".into()))
-            .env("PATH", std::env::join_paths(path)?)
-            .envs(options.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        let child = cmd.spawn().context("cannot start containerd (is it installed?)")?;
+        let child = spawn_containerd(&config_path, log, options)?;
         let pid = child.id() as i32;
-        let mut me = PrivateContainerd { dir, child: Some(child), pid };
+        let mut me = PrivateContainerd { dir, child: Some(child), pid, options: options.clone() };
         me.wait_ready(Duration::from_secs(30))?;
         Ok(me)
     }
 
+    /// Stops containerd (SIGTERM, as [`PrivateContainerd::stop`]) and starts it again with the
+    /// same configuration, root, state and environment; its log goes on in the same file. The
+    /// shims it started keep running meanwhile and are reconnected by the new containerd.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop()?;
+        let config_path = self.dir.path().join("containerd.toml");
+        let log = std::fs::OpenOptions::new().append(true).open(self.log_path())?;
+        let child = spawn_containerd(&config_path, log, &self.options)?;
+        self.pid = child.id() as i32;
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(30))
+    }
+}
+
+/// Starts `containerd --config <config_path>`, its output to `log`.
+fn spawn_containerd(config_path: &Path, log: File, options: &Options) -> Result<Child> {
+    let mut path = options.path_prepend.clone();
+    path.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
+    let mut cmd = Command::new("containerd");
+    cmd.arg("--config")
+        .arg(config_path)
+        .arg("--log-level")
+        .arg(std::env::var(LOG_LEVEL_ENV).unwrap_or_else(|_| "info".into()))
+        .env("PATH", std::env::join_paths(path)?)
+        .envs(options.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    cmd.spawn().context("cannot start containerd (is it installed?)")
+}
+
+impl PrivateContainerd {
     fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
         let start = Instant::now();
         loop {

@@ -143,3 +143,110 @@ impl<'a> CtrRun<'a> {
         }
     }
 }
+
+/// One `ctr task exec` against one containerd: an extra process in a running container.
+///
+/// `ctr task exec` exits with the process's exit status; without `tty` its stdin is the
+/// harness's bytes (or /dev/null). With `tty` ctr needs a terminal on its own stdin: run
+/// [`CtrExec::command`] under [`crate::pty::script_command`].
+#[derive(Clone)]
+pub struct CtrExec<'a> {
+    containerd: &'a PrivateContainerd,
+    id: String,
+    exec_id: String,
+    args: Vec<String>,
+    tty: bool,
+    detach: bool,
+    cwd: Option<String>,
+    stdin: Option<Vec<u8>>,
+    timeout: Duration,
+}
+
+impl<'a> CtrExec<'a> {
+    pub fn new(
+        containerd: &'a PrivateContainerd,
+        id: &str,
+        exec_id: &str,
+        timeout: Duration,
+    ) -> Self {
+        CtrExec {
+            containerd,
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            args: Vec::new(),
+            tty: false,
+            detach: false,
+            cwd: None,
+            stdin: None,
+            timeout,
+        }
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// `--tty`.
+    pub fn tty(mut self) -> Self {
+        self.tty = true;
+        self
+    }
+
+    /// `--detach`: ctr returns once the process started.
+    pub fn detach(mut self) -> Self {
+        self.detach = true;
+        self
+    }
+
+    /// `--cwd DIR`.
+    pub fn cwd(mut self, dir: &str) -> Self {
+        self.cwd = Some(dir.to_string());
+        self
+    }
+
+    pub fn stdin(mut self, bytes: &[u8]) -> Self {
+        self.stdin = Some(bytes.to_vec());
+        self
+    }
+
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn exec_id(&self) -> &str {
+        &self.exec_id
+    }
+
+    /// The full ctr command line.
+    pub fn command(&self) -> Command {
+        let mut cmd = self.containerd.ctr_command();
+        cmd.arg("tasks").arg("exec").arg("--exec-id").arg(&self.exec_id);
+        // Keep the fifos in the test's temp dir rather than /run/containerd/fifo.
+        cmd.arg("--fifo-dir").arg(self.containerd.dir().join("fifo"));
+        if self.tty {
+            cmd.arg("--tty");
+        }
+        if self.detach {
+            cmd.arg("--detach");
+        }
+        if let Some(dir) = &self.cwd {
+            cmd.arg("--cwd").arg(dir);
+        }
+        cmd.arg(&self.id).args(&self.args);
+        cmd
+    }
+
+    /// Runs it; on timeout ctr is killed by PID and the output says `timed_out`.
+    pub fn run(&self) -> Output {
+        match process::run(self.command(), self.stdin.as_deref(), self.timeout) {
+            Ok(out) => out,
+            Err(err) => panic!("cannot run ctr: {err:#}"),
+        }
+    }
+}

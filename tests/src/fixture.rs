@@ -378,3 +378,97 @@ fn remove_all_containers(c: &PrivateContainerd) -> Vec<String> {
     }
     ids
 }
+
+/// Helpers of the Task API tests: execs, task status, events, a containerd restart.
+impl TestEnv {
+    /// A `ctr task exec --exec-id <exec_id> <id>` with the test runtime's deadline.
+    pub fn exec(&self, id: &str, exec_id: &str) -> crate::ctr::CtrExec<'_> {
+        crate::ctr::CtrExec::new(self.containerd(), id, exec_id, self.runtime.default_timeout())
+    }
+
+    /// Any ctr command, with a deadline of its own.
+    pub fn ctr_timeout(&self, args: &[&str], timeout: Duration) -> Output {
+        match self.containerd().ctr(args, timeout) {
+            Ok(out) => out,
+            Err(err) => panic!("cannot run ctr {args:?}: {err:#}"),
+        }
+    }
+
+    /// `(pid, status)` of the task of container `id` as `ctr tasks list` shows it, if listed.
+    pub fn task_status(&self, id: &str) -> Option<(u32, String)> {
+        let out = self.ctr(&["tasks", "list"]);
+        out.stdout.lines().find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            match f.as_slice() {
+                [task, pid, status] if *task == id => {
+                    Some((pid.parse().unwrap_or(0), status.to_string()))
+                }
+                _ => None,
+            }
+        })
+    }
+
+    /// Polls `ctr tasks list` until the task of `id` has `status`; fails the test otherwise.
+    #[track_caller]
+    pub fn wait_for_status(&self, id: &str, status: &str, timeout: Duration) {
+        let start = std::time::Instant::now();
+        loop {
+            let now = self.task_status(id);
+            if now.as_ref().is_some_and(|(_, s)| s == status) {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "task {id} not {status} after {timeout:?} (it is {now:?}); containerd's log:\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Starts `ctr events` against the test's containerd (live once this returns).
+    pub fn watch_events(&self) -> crate::events::EventWatcher {
+        match crate::events::EventWatcher::start(self.containerd()) {
+            Ok(w) => w,
+            Err(err) => panic!("cannot watch containerd's events: {err:#}"),
+        }
+    }
+
+    /// Runs `run` (made with [`CtrRun::detach`]) and waits until its task is RUNNING; returns
+    /// the container id.
+    #[track_caller]
+    pub fn start_detached(&self, run: CtrRun<'_>) -> String {
+        let id = run.id().to_string();
+        let out = run.run();
+        self.assert_success(&out);
+        self.wait_for_status(&id, "RUNNING", Duration::from_secs(60));
+        id
+    }
+
+    /// Ends container `id` as a user would: SIGKILL to every process if its task still runs,
+    /// then `ctr tasks delete` and `ctr containers delete`, each of which must succeed.
+    /// Returns what `ctr tasks delete` printed (it warns of a non-zero exit status).
+    #[track_caller]
+    pub fn remove_container(&self, id: &str) -> Output {
+        if let Some((_, status)) = self.task_status(id) {
+            if status != "STOPPED" {
+                let out = self.ctr(&["tasks", "kill", "--all", "--signal", "SIGKILL", id]);
+                self.assert_success(&out);
+                self.wait_for_status(id, "STOPPED", Duration::from_secs(60));
+            }
+        }
+        let deleted = self.ctr(&["tasks", "delete", id]);
+        self.assert_success(&deleted);
+        self.assert_success(&self.ctr(&["containers", "delete", id]));
+        deleted
+    }
+
+    /// Stops the test's containerd with SIGTERM (by PID) and starts it again with the same
+    /// configuration, root and state; running shims are left alone and reconnected.
+    pub fn restart_containerd(&mut self) {
+        let c = self.containerd.as_mut().expect("containerd is running until teardown");
+        if let Err(err) = c.restart() {
+            panic!("cannot restart containerd: {err:#}");
+        }
+    }
+}

@@ -20,14 +20,19 @@
 //! leak check wants a quiet machine.
 
 pub mod bazaar_config;
+pub mod bench;
 pub mod containerd;
 pub mod ctr;
+pub mod events;
 pub mod fixture;
 pub mod image;
 pub mod kernel;
 pub mod leaks;
 pub mod lock;
+pub mod oci;
 pub mod paths;
 pub mod process;
+pub mod pty;
+pub mod shim_ttrpc;
 pub mod skip;
 pub mod tempdir;

@@ -114,6 +114,164 @@ fn spawn_reader<R: Read + Send + 'static>(pipe: Option<R>) -> thread::JoinHandle
     })
 }
 
+/// A command running in the background: its output is collected as it comes, its stdin (when
+/// asked for) stays open until [`Background::close_stdin`]. Stopped by its PID (SIGKILL) on
+/// [`Background::kill`] or drop; never by name.
+pub struct Background {
+    command: String,
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    readers: Vec<thread::JoinHandle<()>>,
+    start: Instant,
+    status: Option<std::process::ExitStatus>,
+    killed: bool,
+}
+
+impl Background {
+    /// Starts `cmd` with piped stdout and stderr; stdin is a pipe when `with_stdin`, else
+    /// /dev/null.
+    pub fn spawn(mut cmd: Command, with_stdin: bool) -> Result<Background> {
+        let command = describe_command(&cmd);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(if with_stdin { Stdio::piped() } else { Stdio::null() });
+        let mut child = cmd.spawn().with_context(|| format!("cannot start `{command}`"))?;
+        let stdout = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut readers = Vec::new();
+        if let Some(pipe) = child.stdout.take() {
+            readers.push(spawn_collector(pipe, stdout.clone()));
+        }
+        if let Some(pipe) = child.stderr.take() {
+            readers.push(spawn_collector(pipe, stderr.clone()));
+        }
+        let stdin = child.stdin.take();
+        Ok(Background {
+            command,
+            child,
+            stdin,
+            stdout,
+            stderr,
+            readers,
+            start: Instant::now(),
+            status: None,
+            killed: false,
+        })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// What it printed on stdout so far.
+    pub fn stdout_now(&self) -> String {
+        String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned()
+    }
+
+    /// What it printed on stderr so far.
+    pub fn stderr_now(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
+    /// Writes to its stdin (started `with_stdin`).
+    pub fn write_stdin(&mut self, bytes: &[u8]) -> Result<()> {
+        let pipe = self.stdin.as_mut().context("stdin is not a pipe (or was closed)")?;
+        pipe.write_all(bytes)?;
+        pipe.flush()?;
+        Ok(())
+    }
+
+    /// Closes its stdin: it reads EOF.
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// True once it has exited.
+    pub fn has_exited(&mut self) -> bool {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().ok().flatten();
+        }
+        self.status.is_some()
+    }
+
+    /// Waits up to `timeout` for it to exit (then kills it) and returns what it left.
+    pub fn wait(mut self, timeout: Duration) -> Output {
+        let mut timed_out = false;
+        while !self.has_exited() {
+            if self.start.elapsed() >= timeout {
+                timed_out = true;
+                self.kill();
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        self.finish(timed_out)
+    }
+
+    /// SIGKILLs it (by PID) if still running, reaps it and returns what it left.
+    pub fn stop(mut self) -> Output {
+        if !self.has_exited() {
+            self.kill();
+        }
+        self.finish(false)
+    }
+
+    fn kill(&mut self) {
+        if self.status.is_none() {
+            // Child::kill sends SIGKILL to this child's PID.
+            let _ = self.child.kill();
+            self.killed = true;
+            self.status = self.child.wait().ok();
+        }
+    }
+
+    fn finish(&mut self, timed_out: bool) -> Output {
+        self.stdin = None;
+        if self.status.is_none() {
+            self.status = self.child.wait().ok();
+        }
+        let elapsed = self.start.elapsed();
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        use std::os::unix::process::ExitStatusExt;
+        Output {
+            command: self.command.clone(),
+            code: self.status.and_then(|s| s.code()),
+            signal: self.status.and_then(|s| s.signal()),
+            stdout: self.stdout_now(),
+            stderr: self.stderr_now(),
+            elapsed,
+            timed_out,
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.stdin = None;
+        if !self.has_exited() {
+            self.kill();
+        }
+    }
+}
+
+fn spawn_collector<R: Read + Send + 'static>(
+    mut pipe: R,
+    into: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        loop {
+            match pipe.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => into.lock().unwrap().extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+}
+
 /// `program arg arg ...` for messages.
 pub fn describe_command(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();

@@ -1,13 +1,21 @@
-//! Capabilities, the simple way for now: the container process's bounding set is cut down to
-//! the spec's `process.capabilities.bounding`. A process running as root then gets exactly those
-//! capabilities at exec; a non-root process gets none. (Effective/permitted/inheritable/ambient
-//! sets as such are not applied yet.)
+//! Capabilities, applied the way runc applies them:
+//!
+//! 1. [`restrict_bounding_set`] while still root with every capability, before the user switch;
+//! 2. `PR_SET_KEEPCAPS` around the uid switch ([`keep_across_setuid`]), so that a non-root user
+//!    keeps the permitted set;
+//! 3. [`apply`]: `capset` of effective, permitted and inheritable, then the ambient set.
+//!
+//! What the program sees after `execve` is then the kernel's rule: root gets its bounding set (and
+//! inheritable) as permitted and effective whatever the spec's effective/permitted say; any other
+//! user keeps only its ambient capabilities. Names unknown to the running kernel are ignored, as
+//! runc ignores them.
 
 use std::collections::HashSet;
 
 use anyhow::Context;
-use oci_spec::runtime::{Capabilities, Capability};
+use oci_spec::runtime::{Capabilities, Capability, LinuxCapabilities};
 
+use super::kernel::{self, CapSets};
 use crate::sys;
 
 /// Capability names in kernel order: the index is the capability number.
@@ -70,6 +78,15 @@ fn last_cap() -> u32 {
         .unwrap_or(NAMES.len() as u32 - 1)
 }
 
+/// The set of the capabilities named, as a bit mask; names the kernel does not know are left out.
+pub fn mask(caps: Option<&Capabilities>, last: u32) -> u64 {
+    caps.into_iter()
+        .flatten()
+        .filter_map(number)
+        .filter(|cap| *cap <= last && *cap < 64)
+        .fold(0, |mask, cap| mask | (1u64 << cap))
+}
+
 /// Drops every capability outside `bounding` from the bounding set.
 pub fn restrict_bounding_set(bounding: &Capabilities) -> anyhow::Result<()> {
     let keep: HashSet<u32> = bounding.iter().filter_map(number).collect();
@@ -87,6 +104,47 @@ pub fn restrict_bounding_set(bounding: &Capabilities) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Sets or clears `PR_SET_KEEPCAPS` (set before the uid switch, cleared after it).
+pub fn keep_across_setuid(keep: bool) -> anyhow::Result<()> {
+    kernel::set_keep_caps(keep).context("prctl(PR_SET_KEEPCAPS)")
+}
+
+/// Sets the effective, permitted and inheritable sets, then the ambient set, from the spec
+/// (after the user switch). An absent set is empty, as in runc.
+pub fn apply(caps: &LinuxCapabilities) -> anyhow::Result<()> {
+    let last = last_cap();
+    let sets = CapSets {
+        effective: mask(caps.effective().as_ref(), last),
+        permitted: mask(caps.permitted().as_ref(), last),
+        inheritable: mask(caps.inheritable().as_ref(), last),
+    };
+    kernel::capset(&sets).with_context(|| {
+        format!(
+            "capset (effective {:#x}, permitted {:#x}, inheritable {:#x})",
+            sets.effective, sets.permitted, sets.inheritable
+        )
+    })?;
+    // Kernels without ambient capabilities (before 4.3) answer EINVAL: nothing to clear there.
+    match kernel::ambient_clear_all() {
+        Ok(()) => {}
+        Err(err) if err.raw_os_error() == Some(libc::EINVAL) => return Ok(()),
+        Err(err) => return Err(err).context("clear the ambient capabilities"),
+    }
+    // As runc: an ambient capability that is not both permitted and inheritable (EPERM) is
+    // left out, and the process runs without it.
+    let ambient = mask(caps.ambient().as_ref(), last);
+    for cap in (0..=last.min(63)).filter(|cap| ambient & (1u64 << cap) != 0) {
+        match kernel::ambient_raise(cap) {
+            Ok(()) => {}
+            Err(err) if err.raw_os_error() == Some(libc::EPERM) => {}
+            Err(err) => {
+                return Err(err).with_context(|| format!("raise ambient capability {}", NAMES[cap as usize]))
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +155,13 @@ mod tests {
         assert_eq!(number(&Capability::SysAdmin), Some(21));
         assert_eq!(number(&Capability::NetBindService), Some(10));
         assert_eq!(number(&Capability::CheckpointRestore), Some(40));
+    }
+
+    #[test]
+    fn masks_skip_capabilities_the_kernel_lacks() {
+        let caps: Capabilities = [Capability::Chown, Capability::NetAdmin, Capability::CheckpointRestore].into();
+        assert_eq!(mask(Some(&caps), 40), 1 | (1 << 12) | (1 << 40));
+        assert_eq!(mask(Some(&caps), 37), 1 | (1 << 12));
+        assert_eq!(mask(None, 40), 0);
     }
 }

@@ -166,6 +166,25 @@ pub fn resource_writes(resources: &LinuxResources) -> Result<Vec<Write>, Error> 
     if let Some(pids) = resources.pids() {
         add("pids.max", max_or(pids.limit()), true);
     }
+    if let Some(io) = resources.block_io() {
+        // The guest kernel has no BFQ, so runc's fallback: io.weight, converted.
+        if let Some(weight) = io.weight().filter(|w| *w != 0) {
+            add("io.weight", blkio_weight_to_io_weight(weight).to_string(), false);
+        }
+        let throttles = [
+            ("rbps", io.throttle_read_bps_device()),
+            ("wbps", io.throttle_write_bps_device()),
+            ("riops", io.throttle_read_iops_device()),
+            ("wiops", io.throttle_write_iops_device()),
+        ];
+        for (key, devices) in throttles {
+            for device in devices.iter().flatten() {
+                // Not required: the devices are named by the host's numbers, which the guest
+                // usually does not have (its root is virtio-fs).
+                add("io.max", format!("{}:{} {key}={}", device.major(), device.minor(), device.rate()), false);
+            }
+        }
+    }
     for (file, value) in resources.unified().iter().flatten() {
         if file.contains('/') || file.starts_with('.') || file.is_empty() {
             return Err(Error::InvalidArgument(format!("invalid unified cgroup file {file:?}")));
@@ -178,6 +197,12 @@ pub fn resource_writes(resources: &LinuxResources) -> Result<Vec<Write>, Error> 
 /// A limit value: positive numbers as they are, anything else unlimited.
 fn max_or(value: i64) -> String {
     if value > 0 { value.to_string() } else { "max".to_string() }
+}
+
+/// cgroup v1 blkio.weight (10..1000) to cgroup v2 io.weight (1..10000), as runc converts.
+pub fn blkio_weight_to_io_weight(weight: u16) -> u64 {
+    let weight = u64::from(weight.clamp(10, 1000));
+    1 + (weight - 10) * 9999 / 990
 }
 
 /// cgroup v1 cpu.shares (2..262144) to cgroup v2 cpu.weight (1..10000), as runc converts.
@@ -195,9 +220,14 @@ impl Cgroup {
         self.path.join("cgroup.procs")
     }
 
-    /// Applies resource limits; returns the optional files that were skipped for lack of a
-    /// controller.
+    /// Applies resource limits and the device allowlist; returns the optional files that were
+    /// skipped for lack of a controller.
     pub fn apply(&self, resources: &LinuxResources) -> Result<Vec<String>, Error> {
+        if let Some(devices) = resources.devices() {
+            super::device_filter::apply(&self.path, devices).map_err(|err| {
+                Error::FailedPrecondition(format!("the device allowlist cannot be enforced: {err:#}"))
+            })?;
+        }
         let mut skipped = Vec::new();
         for write in resource_writes(resources)? {
             let file = self.path.join(&write.file);
@@ -211,8 +241,18 @@ impl Cgroup {
                 skipped.push(write.file);
                 continue;
             }
-            std::fs::write(&file, &write.value)
-                .with_context(|| format!("write {} to {}", write.value, file.display()))?;
+            match std::fs::write(&file, &write.value) {
+                Ok(()) => {}
+                // A device the guest does not have.
+                Err(err) if !write.required && err.raw_os_error() == Some(libc::ENODEV) => {
+                    skipped.push(format!("{} ({})", write.file, write.value));
+                }
+                Err(err) => {
+                    return Err(anyhow::Error::from(err)
+                        .context(format!("write {} to {}", write.value, file.display()))
+                        .into())
+                }
+            }
         }
         Ok(skipped)
     }

@@ -87,3 +87,19 @@ fn stat_files() {
     assert_eq!(parse_value("4096\n"), 4096);
     assert_eq!(parse_value(""), 0);
 }
+
+#[test]
+fn block_io_as_runc_converts_it() {
+    let writes = resource_writes(&resources(
+        r#"{"blockIO":{"weight":500,
+            "throttleReadBpsDevice":[{"major":8,"minor":0,"rate":1048576}],
+            "throttleWriteIOPSDevice":[{"major":8,"minor":16,"rate":100}]}}"#,
+    ))
+    .unwrap();
+    assert_eq!(
+        files(&writes),
+        vec![("io.weight", "4950"), ("io.max", "8:0 rbps=1048576"), ("io.max", "8:16 wiops=100")]
+    );
+    assert_eq!(blkio_weight_to_io_weight(10), 1);
+    assert_eq!(blkio_weight_to_io_weight(1000), 10000);
+}

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use oci_spec::runtime::{Process, Spec};
+use oci_spec::runtime::{LinuxSeccomp, Process, Spec};
 use serde::{Deserialize, Serialize};
 
 /// The setup of one container process.
@@ -32,4 +32,20 @@ pub enum Mode {
     },
     /// A process that joins the namespaces and root of the container whose init has this pid.
     Exec { init_pid: i32 },
+}
+
+/// What travels over the config pipe: the config, and the container's seccomp profile (the
+/// spec's for an init; for an exec, the one its container was created with, since an exec's
+/// process spec has none and runc applies the container's).
+#[derive(Debug, Serialize)]
+pub struct HelperInputRef<'a> {
+    pub config: &'a HelperConfig,
+    pub seccomp: Option<&'a LinuxSeccomp>,
+}
+
+/// The helper's side of [`HelperInputRef`].
+#[derive(Debug, Deserialize)]
+pub struct HelperInput {
+    pub config: HelperConfig,
+    pub seccomp: Option<LinuxSeccomp>,
 }

@@ -31,28 +31,42 @@ const DEV_SYMLINKS: [(&str, &str); 5] = [
     ("ptmx", "pts/ptmx"),
 ];
 
-/// Populates the container's `/dev`: the default devices and symlinks when the spec mounted a
-/// fresh `/dev`, the spec's own devices always, and `/dev/console` for a terminal.
+/// Populates the container's `/dev` in runc's order: the spec's devices, then (when the spec
+/// mounted a fresh `/dev`) the default devices the spec does not name and the standard symlinks,
+/// `/dev/ptmx` last as a link to `pts/ptmx`; and `/dev/console` for a terminal. A node that
+/// exists already is kept, as runc keeps it.
 pub fn setup(root: &Path, default_dev: bool, devices: &[LinuxDevice], terminal: bool) -> anyhow::Result<()> {
+    for device in devices {
+        create_spec_device(root, device)
+            .with_context(|| format!("create device {}", device.path().display()))?;
+    }
     if default_dev {
         for (name, major, minor) in DEFAULT_DEVICES {
             let path = Path::new("/dev").join(name);
+            if devices.iter().any(|device| device.path() == &path) {
+                continue;
+            }
             let node = Node { kind: SFlag::S_IFCHR, major, minor, mode: 0o666, uid: 0, gid: 0 };
             let resolved = rootfs::resolve_in_root(root, &path)?;
             make_node(&resolved, &node, &path).with_context(|| format!("create {}", path.display()))?;
         }
+        let dev = rootfs::resolve_in_root(root, Path::new("/dev"))?;
         for (name, target) in DEV_SYMLINKS {
-            let link = rootfs::resolve_in_root(root, &Path::new("/dev").join(name))?;
+            let link = dev.join(name);
+            if name == "ptmx" {
+                // Whatever the spec or the image put there gives way to the devpts multiplexer.
+                match std::fs::remove_file(&link) {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                    Err(err) => return Err(err).context("remove /dev/ptmx"),
+                }
+            }
             match symlink(target, &link) {
                 Ok(()) => {}
                 Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(err) => return Err(err).with_context(|| format!("symlink /dev/{name}")),
             }
         }
-    }
-    for device in devices {
-        create_spec_device(root, device)
-            .with_context(|| format!("create device {}", device.path().display()))?;
     }
     if terminal {
         // The terminal's slave is our stdin; bind it over /dev/console as runc does. The source
@@ -83,8 +97,9 @@ fn create_spec_device(root: &Path, device: &LinuxDevice) -> anyhow::Result<()> {
         gid: device.gid().unwrap_or(0),
     };
     let path = rootfs::resolve_in_root(root, device.path())?;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
+    if let Some(parent) = device.path().parent() {
+        // 0755 whatever the umask, as runc creates them (e.g. /dev/net for /dev/net/tun).
+        rootfs::mkdir_in_root(root, parent)?;
     }
     make_node(&path, &node, device.path())
 }
@@ -99,11 +114,12 @@ struct Node {
     gid: u32,
 }
 
-/// mknod, or when that is not allowed, a bind mount of the agent's own node at `host_path`.
+/// mknod, or when that is not allowed, a bind mount of the agent's own node at `host_path`. An
+/// existing file is left as it is.
 fn make_node(path: &Path, node: &Node, host_path: &Path) -> anyhow::Result<()> {
-    let _ = std::fs::remove_file(path);
     let mode = Mode::from_bits_truncate(node.mode);
     match mknod(path, node.kind, mode, makedev(node.major, node.minor)) {
+        Err(nix::errno::Errno::EEXIST) => Ok(()),
         Ok(()) => {
             std::os::unix::fs::chown(path, Some(node.uid), Some(node.gid))?;
             // mknod applies the umask; the spec's mode is exact.

@@ -16,7 +16,7 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use anyhow::Context;
 use nix::unistd::ForkResult;
 
-use super::config::{HelperConfig, Mode};
+use super::config::{HelperInput, Mode};
 use super::sync::{ErrorCode, Message, SetupError, SyncSocket};
 use super::{namespaces, setup};
 use crate::sys;
@@ -44,7 +44,7 @@ pub fn main(args: &[String]) -> ! {
 }
 
 fn run(config_file: File, sync: &SyncSocket) -> anyhow::Result<std::convert::Infallible> {
-    let config: HelperConfig = serde_json::from_reader(config_file).map_err(|err| {
+    let HelperInput { config, seccomp } = serde_json::from_reader(config_file).map_err(|err| {
         SetupError::new(ErrorCode::Internal, format!("the helper could not read its config: {err}"))
     })?;
     if let Some(procs) = &config.cgroup_procs {
@@ -64,8 +64,8 @@ fn run(config_file: File, sync: &SyncSocket) -> anyhow::Result<std::convert::Inf
         }
         ForkResult::Child => {
             let err = match config.mode {
-                Mode::Init { .. } => setup::run_init(&config, sync),
-                Mode::Exec { .. } => setup::run_exec(&config, sync),
+                Mode::Init { .. } => setup::run_init(&config, seccomp.as_ref(), sync),
+                Mode::Exec { .. } => setup::run_exec(&config, seccomp.as_ref(), sync),
             };
             let _ = sync.send(&Message::Error(SetupError::from_anyhow(&err)));
             // SAFETY: _exit ends the process without running the parent's atexit handlers.

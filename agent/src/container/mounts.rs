@@ -96,13 +96,22 @@ pub fn propagation_flags(name: &str) -> Option<MsFlags> {
     Some(if recursive { flag | MsFlags::MS_REC } else { flag })
 }
 
+/// What a `cgroup` mount shows the container.
+#[derive(Debug, Clone, Copy)]
+pub struct CgroupView<'a> {
+    /// The container's cgroup directory in the agent's tree, if it has one.
+    pub dir: Option<&'a Path>,
+    /// Whether the container has a cgroup namespace of its own.
+    pub own_namespace: bool,
+}
+
 /// Performs the spec's mounts under `root`. Returns whether `/dev` was mounted by the spec (it
 /// then needs the default device nodes).
-pub fn mount_all(root: &Path, mounts: &[Mount]) -> anyhow::Result<bool> {
+pub fn mount_all(root: &Path, mounts: &[Mount], cgroup: &CgroupView<'_>) -> anyhow::Result<bool> {
     let mut dev_mounted = false;
     for m in mounts {
         let destination = m.destination();
-        mount_one(root, m).with_context(|| {
+        mount_one(root, m, cgroup).with_context(|| {
             format!(
                 "mount {} ({}) on {}",
                 m.source().as_deref().unwrap_or(Path::new("none")).display(),
@@ -117,11 +126,22 @@ pub fn mount_all(root: &Path, mounts: &[Mount]) -> anyhow::Result<bool> {
     Ok(dev_mounted)
 }
 
-fn mount_one(root: &Path, m: &Mount) -> anyhow::Result<()> {
+fn mount_one(root: &Path, m: &Mount, cgroup: &CgroupView<'_>) -> anyhow::Result<()> {
     let options = parse_options(m.options().as_deref().unwrap_or_default());
     let typ = m.typ().as_deref().unwrap_or("");
     if options.bind || typ == "bind" {
         return bind_mount(root, m, &options);
+    }
+    if let ("cgroup" | "cgroup2", false, Some(dir)) = (typ, cgroup.own_namespace, cgroup.dir) {
+        // Without a cgroup namespace a fresh cgroup2 mount would show the whole guest hierarchy
+        // (the agent's and the other containers' cgroups). runc shows a container its own
+        // cgroups only (on cgroup v1 each controller's directory of the container, bound); do the
+        // same with the container's cgroup v2 directory.
+        let own = Mount::default()
+            .set_destination(m.destination().clone())
+            .set_source(Some(dir.to_path_buf()))
+            .to_owned();
+        return bind_mount(root, &own, &options);
     }
     let target = rootfs::mkdir_in_root(root, m.destination()).context("create the mount point")?;
     let fstype = match typ {

@@ -75,6 +75,17 @@ pub fn has_own_uts(spec: &Spec) -> bool {
         })
 }
 
+/// Whether the container gets a cgroup namespace of its own (its cgroup is then the root of what
+/// a cgroup mount shows).
+pub fn has_own_cgroup(spec: &Spec) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|linux| linux.namespaces().as_ref())
+        .is_some_and(|namespaces| {
+            namespaces.iter().any(|ns| ns.typ() == LinuxNamespaceType::Cgroup && ns.path().is_none())
+        })
+}
+
 /// Unshares the new namespaces of a container's init (in the single-threaded helper; the new
 /// PID namespace applies to the child it forks next).
 pub fn enter_new(spec: &Spec) -> anyhow::Result<()> {

@@ -1,25 +1,55 @@
 //! The per-process part of a container setup, shared by a container's init and exec'd
-//! processes: rlimits, capabilities, user and groups, umask, working directory, environment and
-//! the program to run. Runs in the container process, inside the container's root.
+//! processes: rlimits, seccomp, capabilities, user and groups, umask, working directory,
+//! environment and the program to run. Runs in the container process, inside the container's
+//! root, in runc's order: seccomp first when it cannot wait (no `noNewPrivileges`), then the
+//! bounding set, the user switch with the permitted set kept, the other capability sets,
+//! `no_new_privs`, and seccomp last when it can.
 
 use std::ffi::CString;
+use std::path::Path;
 
 use anyhow::Context;
+use nix::errno::Errno;
 use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Uid};
-use oci_spec::runtime::{PosixRlimit, PosixRlimitType, Process};
+use oci_spec::runtime::{LinuxSeccomp, PosixRlimit, PosixRlimitType, Process};
 
 use super::exec::{self, Program, DEFAULT_PATH};
+use super::seccomp::{self, Filter};
 use super::sync::{ErrorCode, SetupError};
 use super::{caps, user};
 use crate::sys;
 
-/// Applies the process settings to the calling process and resolves its program.
-pub fn prepare(process: &Process) -> anyhow::Result<Program> {
+/// A process ready to exec: its program, and the seccomp filter still to install right before
+/// `execve` (with `noNewPrivileges`).
+#[derive(Debug)]
+pub struct Prepared {
+    pub program: Program,
+    late_filter: Option<Filter>,
+}
+
+impl Prepared {
+    /// Installs the late seccomp filter and replaces this process with the program; returns only
+    /// on failure.
+    pub fn exec(self) -> anyhow::Error {
+        if let Some(filter) = &self.late_filter {
+            if let Err(err) = filter.install() {
+                return anyhow::Error::from(err).context("install the seccomp filter");
+            }
+        }
+        exec::exec(&self.program)
+    }
+}
+
+/// Applies the process settings to the calling process and resolves its program. `profile` is
+/// the container's `linux.seccomp`.
+pub fn prepare(process: &Process, profile: Option<&LinuxSeccomp>) -> anyhow::Result<Prepared> {
     let args = process.args().as_deref().unwrap_or_default();
     let Some(arg0) = args.first() else {
         return Err(SetupError::new(ErrorCode::InvalidArgument, "process.args must not be empty").into());
     };
+    let no_new_privs = process.no_new_privileges() == Some(true);
+    let filter = seccomp::filter_for(profile)?;
 
     for rlimit in process.rlimits().as_deref().unwrap_or_default() {
         set_rlimit(rlimit)?;
@@ -27,28 +57,49 @@ pub fn prepare(process: &Process) -> anyhow::Result<Program> {
     if let Some(adj) = process.oom_score_adj() {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string()).context("set oom_score_adj")?;
     }
-    if let Some(bounding) = process.capabilities().as_ref().and_then(|caps| caps.bounding().as_ref()) {
+    // Without no_new_privs a filter needs CAP_SYS_ADMIN, which the process still has now. The
+    // vsock guard alone is installed now in any case.
+    let late_filter = if no_new_privs && profile.is_some() {
+        Some(filter)
+    } else {
+        filter.install().context("install the seccomp filter")?;
+        None
+    };
+    let capabilities = process.capabilities().as_ref();
+    if let Some(bounding) = capabilities.and_then(|caps| caps.bounding().as_ref()) {
         caps::restrict_bounding_set(bounding)?;
     }
+
+    // As runc: the working directory is entered as root first (a directory the user may not
+    // search is fine), and again after the user switch if root was refused (a volume only the
+    // user may enter).
+    let cwd = process.cwd();
+    let cwd_pending = match nix::unistd::chdir(cwd) {
+        Ok(()) => false,
+        Err(Errno::EACCES | Errno::EPERM) => true,
+        Err(err) => return Err(cwd_error(cwd, err).into()),
+    };
 
     let spec_user = process.user();
     let passwd = std::fs::read_to_string("/etc/passwd").ok();
     let ids = resolve_ids(process, passwd.as_deref())?;
+    if capabilities.is_some() {
+        caps::keep_across_setuid(true)?;
+    }
     let groups: Vec<Gid> = ids.groups.iter().map(|gid| Gid::from_raw(*gid)).collect();
     nix::unistd::setgroups(&groups).context("setgroups")?;
     let gid = Gid::from_raw(ids.gid);
     nix::unistd::setresgid(gid, gid, gid).with_context(|| format!("setgid {gid}"))?;
     let uid = Uid::from_raw(ids.uid);
     nix::unistd::setresuid(uid, uid, uid).with_context(|| format!("setuid {uid}"))?;
+    if cwd_pending {
+        nix::unistd::chdir(cwd).map_err(|err| cwd_error(cwd, err))?;
+    }
+    if let Some(capabilities) = capabilities {
+        caps::keep_across_setuid(false)?;
+        caps::apply(capabilities)?;
+    }
     nix::sys::stat::umask(Mode::from_bits_truncate(spec_user.umask().unwrap_or(0o022)));
-
-    let cwd = process.cwd();
-    nix::unistd::chdir(cwd).map_err(|err| {
-        SetupError::new(
-            ErrorCode::InvalidArgument,
-            format!("chdir to cwd ({:?}) set in config.json failed: {}", cwd.display().to_string(), err.desc()),
-        )
-    })?;
 
     let mut env: Vec<String> = process.env().clone().unwrap_or_default();
     if !env.iter().any(|var| var.starts_with("HOME=")) {
@@ -62,14 +113,22 @@ pub fn prepare(process: &Process) -> anyhow::Result<Program> {
         .to_string();
     let program = exec::lookup(arg0, &path_var, exec::probe)?;
 
-    if process.no_new_privileges() == Some(true) {
+    if no_new_privs {
         sys::set_no_new_privs().context("set no_new_privs")?;
     }
-    Ok(Program {
+    let program = Program {
         path: c_string(program.to_string_lossy().as_ref(), "the program path")?,
         argv: args.iter().map(|arg| c_string(arg, "process.args")).collect::<Result<_, _>>()?,
         env: env.iter().map(|var| c_string(var, "process.env")).collect::<Result<_, _>>()?,
-    })
+    };
+    Ok(Prepared { program, late_filter })
+}
+
+fn cwd_error(cwd: &Path, err: Errno) -> SetupError {
+    SetupError::new(
+        ErrorCode::InvalidArgument,
+        format!("chdir to cwd ({:?}) set in config.json failed: {}", cwd.display().to_string(), err.desc()),
+    )
 }
 
 /// The ids a process runs with.

@@ -7,16 +7,16 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use nix::mount::{mount, MsFlags};
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxSeccomp, Spec};
 
 use super::config::{HelperConfig, Mode};
 use super::sync::{ErrorCode, Message, SetupError, SyncSocket};
-use super::{devices, exec, masks, mounts, namespaces, pivot, process};
+use super::{devices, masks, mounts, namespaces, pivot, process};
 use crate::sys;
 
 /// Runs the container's init up to the exec of its program; returns only on failure.
-pub fn run_init(config: &HelperConfig, sync: &SyncSocket) -> anyhow::Error {
-    match init(config, sync) {
+pub fn run_init(config: &HelperConfig, seccomp: Option<&LinuxSeccomp>, sync: &SyncSocket) -> anyhow::Error {
+    match init(config, seccomp, sync) {
         Ok(never) => match never {},
         Err(err) => err,
     }
@@ -24,10 +24,10 @@ pub fn run_init(config: &HelperConfig, sync: &SyncSocket) -> anyhow::Error {
 
 /// Runs an exec'd process (already inside the container's namespaces and root); returns only on
 /// failure.
-pub fn run_exec(config: &HelperConfig, sync: &SyncSocket) -> anyhow::Error {
-    let result = common_start(config, sync).and_then(|()| process::prepare(&config.process));
+pub fn run_exec(config: &HelperConfig, seccomp: Option<&LinuxSeccomp>, sync: &SyncSocket) -> anyhow::Error {
+    let result = common_start(config, sync).and_then(|()| process::prepare(&config.process, seccomp));
     match result {
-        Ok(program) => exec::exec(&program),
+        Ok(prepared) => prepared.exec(),
         Err(err) => err,
     }
 }
@@ -47,13 +47,14 @@ fn common_start(config: &HelperConfig, sync: &SyncSocket) -> anyhow::Result<()> 
     Ok(())
 }
 
-fn init(config: &HelperConfig, sync: &SyncSocket) -> anyhow::Result<Infallible> {
+fn init(config: &HelperConfig, seccomp: Option<&LinuxSeccomp>, sync: &SyncSocket) -> anyhow::Result<Infallible> {
     let Mode::Init { spec, rootfs, no_pivot } = &config.mode else {
         bail!("run_init called for an exec");
     };
     common_start(config, sync)?;
-    build_root(spec, rootfs, *no_pivot, config.terminal).context("container root setup")?;
-    let program = process::prepare(&config.process)?;
+    let cgroup_dir = config.cgroup_procs.as_deref().and_then(Path::parent);
+    build_root(spec, rootfs, *no_pivot, config.terminal, cgroup_dir).context("container root setup")?;
+    let prepared = process::prepare(&config.process, seccomp)?;
 
     sync.send(&Message::Ready).context("report ready")?;
     match sync.recv().context("wait for start")? {
@@ -62,11 +63,18 @@ fn init(config: &HelperConfig, sync: &SyncSocket) -> anyhow::Result<Infallible> 
         None => std::process::exit(1),
         Some(other) => bail!("unexpected {other:?} while waiting for start"),
     }
-    Err(exec::exec(&program))
+    Err(prepared.exec())
 }
 
-/// Mounts, devices, root switch and the protections applied inside the new root.
-fn build_root(spec: &Spec, rootfs: &Path, no_pivot: bool, terminal: bool) -> anyhow::Result<()> {
+/// Mounts, devices, root switch and the protections applied inside the new root. `cgroup_dir` is
+/// the container's cgroup (in the agent's tree), which a `cgroup` mount shows.
+fn build_root(
+    spec: &Spec,
+    rootfs: &Path,
+    no_pivot: bool,
+    terminal: bool,
+    cgroup_dir: Option<&Path>,
+) -> anyhow::Result<()> {
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .context("make / rprivate")?;
     match std::fs::metadata(rootfs) {
@@ -88,8 +96,13 @@ fn build_root(spec: &Spec, rootfs: &Path, no_pivot: bool, terminal: bool) -> any
     }
     mount(Some(rootfs), rootfs, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
         .context("bind the rootfs onto itself")?;
+    // The shared directory is mounted nosuid,nodev in the guest; a container's root is not under
+    // runc (setuid programs of the image work; devices are the device cgroup's business).
+    mount(None::<&str>, rootfs, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT, None::<&str>)
+        .context("remount the rootfs with suid and dev")?;
 
-    let dev_mounted = mounts::mount_all(rootfs, spec.mounts().as_deref().unwrap_or_default())?;
+    let cgroup = mounts::CgroupView { dir: cgroup_dir, own_namespace: namespaces::has_own_cgroup(spec) };
+    let dev_mounted = mounts::mount_all(rootfs, spec.mounts().as_deref().unwrap_or_default(), &cgroup)?;
     let linux = spec.linux().as_ref();
     let devices = linux.and_then(|linux| linux.devices().as_deref()).unwrap_or_default();
     devices::setup(rootfs, dev_mounted, devices, terminal).context("devices")?;
@@ -104,8 +117,9 @@ fn build_root(spec: &Spec, rootfs: &Path, no_pivot: bool, terminal: bool) -> any
         }
     }
     if let Some(linux) = linux {
-        masks::mask(linux.masked_paths().as_deref().unwrap_or_default())?;
+        // runc's order: read-only paths first, then masked paths.
         masks::make_readonly(linux.readonly_paths().as_deref().unwrap_or_default())?;
+        masks::mask(linux.masked_paths().as_deref().unwrap_or_default())?;
         if let Some(name) = linux.rootfs_propagation().as_deref().filter(|name| !name.is_empty()) {
             let flags = mounts::propagation_flags(name).ok_or_else(|| {
                 SetupError::new(ErrorCode::InvalidArgument, format!("unknown rootfsPropagation {name:?}"))
@@ -145,5 +159,5 @@ fn create_cwd(spec: &Spec) -> anyhow::Result<()> {
 }
 
 fn set_domainname(name: &str) -> anyhow::Result<()> {
-    std::fs::write("/proc/sys/kernel/domainname", name).context("set the NIS domain name")
+    super::kernel::set_domainname(name).context("setdomainname")
 }

@@ -5,13 +5,15 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use nix::fcntl::OFlag;
+use oci_spec::runtime::LinuxSeccomp;
 use slog::{debug, warn, Logger};
 
-use super::config::{HelperConfig, Mode};
+use super::config::{HelperConfig, HelperInputRef, Mode};
 use super::sync::{self, AsyncSyncSocket, Message};
 use super::HELPER_SUBCOMMAND;
 use crate::error::{Error, Result};
@@ -37,7 +39,12 @@ pub async fn spawn(
     log: &Logger,
 ) -> Result<Spawned> {
     let is_init = matches!(config.mode, Mode::Init { .. });
-    let config_json = serde_json::to_vec(config).context("failed to encode the helper config")?;
+    let seccomp = match &config.mode {
+        Mode::Init { spec, .. } => spec.linux().as_ref().and_then(|linux| linux.seccomp().clone()),
+        Mode::Exec { init_pid } => profiles::of(*init_pid)?,
+    };
+    let input = HelperInputRef { config, seccomp: seccomp.as_ref() };
+    let config_json = serde_json::to_vec(&input).context("failed to encode the helper config")?;
     let (config_read, config_write) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).context("failed to create the config pipe")?;
     let (agent_end, helper_end) = sync::pair()?;
@@ -124,6 +131,9 @@ pub async fn spawn(
         return Err(failure);
     }
     debug!(log, "container process set up"; "pid" => pid, "init" => is_init);
+    if is_init {
+        profiles::register(pid, seccomp);
+    }
     Ok(Spawned { watched, sync: is_init.then_some(sync) })
 }
 
@@ -150,5 +160,76 @@ async fn kill_and_wait(watched: &Watched, log: &Logger) {
     }
     if tokio::time::timeout(EXIT_TIMEOUT, watched.exit.wait()).await.is_err() {
         warn!(log, "a failed container process did not exit"; "pid" => watched.pid);
+    }
+}
+
+/// The seccomp profile of each container, by the pid of its init, for the processes exec'd into
+/// it later (their process spec has no `linux.seccomp`). An entry is only valid while the same
+/// process holds the pid (its start time is compared), and stale entries go when the next
+/// container registers.
+///
+/// This belongs with the container's state (`state::Container`); it is kept here so that the
+/// exec path needs nothing from the RPC layer beyond the init's pid.
+mod profiles {
+    use super::*;
+
+    struct Registered {
+        pid: i32,
+        start_time: u64,
+        profile: Option<LinuxSeccomp>,
+    }
+
+    static PROFILES: Mutex<Vec<Registered>> = Mutex::new(Vec::new());
+
+    /// Field 22 of `/proc/<pid>/stat`: when the process started, in clock ticks since boot.
+    fn start_time(pid: i32) -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name (field 2) may hold spaces and parentheses: count after the last ')'.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        rest.split_whitespace().nth(19)?.parse().ok()
+    }
+
+    pub fn register(pid: i32, profile: Option<LinuxSeccomp>) {
+        let Some(start_time) = start_time(pid) else { return };
+        let mut profiles = PROFILES.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        profiles.retain(|r| r.pid != pid && start_time_matches(r));
+        profiles.push(Registered { pid, start_time, profile });
+    }
+
+    fn start_time_matches(r: &Registered) -> bool {
+        start_time(r.pid) == Some(r.start_time)
+    }
+
+    /// The profile of the container whose init has `init_pid`.
+    pub fn of(init_pid: i32) -> Result<Option<LinuxSeccomp>> {
+        let profiles = PROFILES.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        profiles
+            .iter()
+            .find(|r| r.pid == init_pid && start_time_matches(r))
+            .map(|r| r.profile.clone())
+            .ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "the container's init (pid {init_pid}) is gone or was not created by this agent"
+                ))
+            })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn profiles_follow_the_process_not_the_pid() {
+            let me = std::process::id() as i32;
+            assert!(start_time(me).is_some());
+            let profile: LinuxSeccomp = serde_json::from_str(r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#).unwrap();
+            register(me, Some(profile.clone()));
+            assert_eq!(of(me).unwrap(), Some(profile));
+            register(me, None);
+            assert_eq!(of(me).unwrap(), None);
+            // A record whose start time no longer matches is not used.
+            PROFILES.lock().unwrap().iter_mut().for_each(|r| r.start_time += 1);
+            assert!(of(me).is_err());
+        }
     }
 }

@@ -175,12 +175,10 @@ fn map_bind_sources(agent: &Agent, spec: &mut Spec) {
     spec.set_mounts(Some(mounts));
 }
 
-/// Logs the settings the agent does not apply yet, and the namespaces left shared with the VM.
+/// Logs the settings the agent does not apply (OCI hooks, which run on the host: see
+/// docs/oci-fidelity.md), and the namespaces left shared with the VM.
 fn note_unsupported(log: &Logger, spec: &Spec) -> Result<()> {
     if let Some(linux) = spec.linux() {
-        if linux.seccomp().is_some() {
-            warn!(log, "linux.seccomp is not enforced by the bazaar agent yet");
-        }
         let namespaces = linux.namespaces().clone().unwrap_or_default();
         let (_, shared) = namespaces::unshare_plan(&namespaces).map_err(Error::Setup)?;
         if !shared.is_empty() {
