@@ -33,6 +33,26 @@ pub struct ProcessIo {
     pty: Option<OwnedFd>,
 }
 
+/// The agent's side of stdio while the process is being created.
+pub enum PendingIo {
+    /// Pipes: complete already.
+    Ready(ProcessIo),
+    /// A terminal: complete once the process sent its pty master.
+    Terminal { stdin: bool },
+}
+
+impl PendingIo {
+    /// Completes the stdio with the terminal master the process sent (`None` for pipes).
+    pub fn finish(self, console: Option<OwnedFd>) -> anyhow::Result<ProcessIo> {
+        match (self, console) {
+            (PendingIo::Ready(io), None) => Ok(io),
+            (PendingIo::Terminal { stdin }, Some(master)) => ProcessIo::from_terminal(master, stdin),
+            (PendingIo::Ready(_), Some(_)) => anyhow::bail!("a terminal was sent for pipe stdio"),
+            (PendingIo::Terminal { .. }, None) => anyhow::bail!("no terminal was sent"),
+        }
+    }
+}
+
 /// The process's side, handed to the helper as fds 0, 1 and 2.
 pub struct ChildStdio {
     pub stdin: OwnedFd,
@@ -41,20 +61,22 @@ pub struct ChildStdio {
 }
 
 impl ProcessIo {
-    /// Creates the stdio of a new process. Without `stdin` the process reads `/dev/null`.
-    pub fn create(terminal: bool, stdin: bool) -> anyhow::Result<(ProcessIo, ChildStdio)> {
+    /// Creates the stdio of a new process. Without `stdin` the process reads `/dev/null`. With
+    /// a terminal the process opens the pty itself, in its container's devpts (so that it is a
+    /// /dev/pts/N there, as under runc), and sends the master back: the helper starts on
+    /// `/dev/null` and [`PendingIo::finish`] takes the master.
+    pub fn create(terminal: bool, stdin: bool) -> anyhow::Result<(PendingIo, ChildStdio)> {
         if terminal {
-            let (master, slave) = sys::open_pty().context("failed to open a pseudo terminal")?;
-            let dup = |fd: &OwnedFd| fd.try_clone().context("failed to duplicate a terminal fd");
-            let writer = if stdin { Some(AsyncStream::new(dup(&master)?)?) } else { None };
-            let io = ProcessIo {
-                stdin: Mutex::new(writer),
-                stdout: Mutex::new(AsyncStream::new(dup(&master)?)?),
-                stderr: None,
-                pty: Some(master),
+            let null = || -> anyhow::Result<OwnedFd> {
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/null")
+                    .context("failed to open /dev/null")?;
+                Ok(OwnedFd::from(file))
             };
-            let child = ChildStdio { stdin: dup(&slave)?, stdout: dup(&slave)?, stderr: slave };
-            return Ok((io, child));
+            let child = ChildStdio { stdin: null()?, stdout: null()?, stderr: null()? };
+            return Ok((PendingIo::Terminal { stdin }, child));
         }
         let (stdin_child, stdin_ours) = if stdin {
             let (read, write) = pipe()?;
@@ -72,7 +94,19 @@ impl ProcessIo {
             pty: None,
         };
         let child = ChildStdio { stdin: stdin_child, stdout: stdout_child, stderr: stderr_child };
-        Ok((io, child))
+        Ok((PendingIo::Ready(io), child))
+    }
+
+    /// The agent's side of a terminal whose master the container process sent.
+    fn from_terminal(master: OwnedFd, stdin: bool) -> anyhow::Result<ProcessIo> {
+        let dup = |fd: &OwnedFd| fd.try_clone().context("failed to duplicate a terminal fd");
+        let writer = if stdin { Some(AsyncStream::new(dup(&master)?)?) } else { None };
+        Ok(ProcessIo {
+            stdin: Mutex::new(writer),
+            stdout: Mutex::new(AsyncStream::new(dup(&master)?)?),
+            stderr: None,
+            pty: Some(master),
+        })
     }
 
     /// Writes all of `data` to stdin. Fails when stdin was not requested or is closed.

@@ -98,7 +98,8 @@ pub fn cloexec_from_3_except(keep: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Opens a new pseudo terminal pair from `/dev/ptmx` of the agent's devpts: (master, slave).
+/// Opens a new pseudo terminal pair from `/dev/ptmx` (of the devpts that the current root
+/// shows): (master, slave).
 /// The slave is opened with `TIOCGPTPEER`, so no `/dev/pts/N` path (and no libc `grantpt`, which
 /// could look up a "tty" group) is involved.
 pub fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -119,6 +120,14 @@ pub fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
     // SAFETY: a new fd that nothing else owns.
     let slave = unsafe { OwnedFd::from_raw_fd(slave as RawFd) };
     Ok((master, slave))
+}
+
+/// The number N of the pty whose master is `master` (its slave is /dev/pts/N).
+pub fn pty_number(master: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut number: libc::c_uint = 0;
+    // SAFETY: TIOCGPTN writes an unsigned int to the pointer.
+    check(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &mut number) } as libc::c_long)?;
+    Ok(number)
 }
 
 /// Sets the window size of a terminal.

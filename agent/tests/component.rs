@@ -266,7 +266,8 @@ async fn terminal_merges_output() {
     bounded(async {
         let env = Env::start("tty", &[]).await;
         let id = env.id("tty");
-        let s = spec(&["sh", "-c", "echo out; echo err >&2; test -t 0 && echo is-a-tty"]);
+        // The terminal is a pty of the container's own devpts, as under runc.
+        let s = spec(&["sh", "-c", "echo out; echo err >&2; test -t 0 && echo is-a-tty; tty"]);
         env.create(&id, &s, true, false).await.expect("CreateContainer");
         let mut resize = TtyWinResizeRequest::new();
         resize.container_id = id.clone();
@@ -276,7 +277,7 @@ async fn terminal_merges_output() {
         env.start_container(&id).await;
         assert_eq!(env.wait(&id, "").await, 0);
         let stdout = String::from_utf8(env.read_all(&id, "", false).await).expect("utf8");
-        assert_eq!(stdout, "out\r\nerr\r\nis-a-tty\r\n");
+        assert_eq!(stdout, "out\r\nerr\r\nis-a-tty\r\n/dev/pts/0\r\n");
         assert!(env.read_all(&id, "", true).await.is_empty());
         env.remove(&id).await;
 
@@ -290,12 +291,12 @@ async fn terminal_merges_output() {
         req.terminal = true;
         req.oci_process_json = serde_json::to_vec(&json!({
             "user": {"uid": 0, "gid": 0}, "env": ["PATH=/bin"], "cwd": "/",
-            "args": ["sh", "-c", "test -t 1 && echo exec-tty"]
+            "args": ["sh", "-c", "test -t 1 && echo exec-tty; tty"]
         }))
         .expect("process json");
         env.client.exec_process(ctx(), &req).await.expect("ExecProcess");
         assert_eq!(env.wait(&id, "t").await, 0);
-        assert_eq!(env.read_all(&id, "t", false).await, b"exec-tty\r\n");
+        assert_eq!(env.read_all(&id, "t", false).await, b"exec-tty\r\n/dev/pts/0\r\n");
         env.remove(&id).await;
     })
     .await;

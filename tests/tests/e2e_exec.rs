@@ -151,16 +151,6 @@ pub fn check_tty_probe(text: &str, code: Option<i32>) -> Vec<String> {
 /// `ctr task exec -t` gives the process a terminal (stdin, stdout and stderr), of the size of
 /// ctr's own (ResizePty of an exec); without `-t` there is none. Exit status passes through.
 fn exec_with_and_without_terminal(rt: Runtime) {
-    if rt == Runtime::Bazaar {
-        // Known gap (issue 4): the agent allocates the pty from its own devpts, so inside the
-        // container the terminal is not a /dev/pts/N of the container's devpts (`tty` says
-        // "not a tty" for an exec). Counted and listed as skipped until fixed.
-        bazaar_tests::skip::skip(
-            "e2e_exec::exec_with_and_without_terminal::bazaar",
-            "KNOWN GAP: the exec's terminal is not a pty of the container's /dev/pts",
-        );
-        return;
-    }
     let Some(env) = TestEnv::start(&name("tty", rt), rt) else { return };
     let id = start_sleeper(&env);
 

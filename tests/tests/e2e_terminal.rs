@@ -52,15 +52,6 @@ exit 1"#;
 /// under runc), its size is ctr's at start (45x123) and follows ctr's terminal when that is
 /// resized (ctr gets SIGWINCH and calls ResizePty); the exit status passes through.
 fn run_with_terminal_and_resize(rt: Runtime) {
-    if rt == Runtime::Bazaar {
-        // Known gap (issue 4): the init's terminal is the agent's pty bind-mounted on
-        // /dev/console, so `tty` names /dev/console, not /dev/pts/0 as under runc.
-        bazaar_tests::skip::skip(
-            "e2e_terminal::run_with_terminal_and_resize::bazaar",
-            "KNOWN GAP: the terminal is /dev/console, not a pty of the container's /dev/pts",
-        );
-        return;
-    }
     let Some(env) = TestEnv::start(&name("tty", rt), rt) else { return };
     let share = env.containerd().dir().join("share-tty");
     std::fs::create_dir_all(&share).unwrap();

@@ -33,9 +33,9 @@ const DEV_SYMLINKS: [(&str, &str); 5] = [
 
 /// Populates the container's `/dev` in runc's order: the spec's devices, then (when the spec
 /// mounted a fresh `/dev`) the default devices the spec does not name and the standard symlinks,
-/// `/dev/ptmx` last as a link to `pts/ptmx`; and `/dev/console` for a terminal. A node that
+/// `/dev/ptmx` last as a link to `pts/ptmx`. A node that
 /// exists already is kept, as runc keeps it.
-pub fn setup(root: &Path, default_dev: bool, devices: &[LinuxDevice], terminal: bool) -> anyhow::Result<()> {
+pub fn setup(root: &Path, default_dev: bool, devices: &[LinuxDevice]) -> anyhow::Result<()> {
     for device in devices {
         create_spec_device(root, device)
             .with_context(|| format!("create device {}", device.path().display()))?;
@@ -68,16 +68,17 @@ pub fn setup(root: &Path, default_dev: bool, devices: &[LinuxDevice], terminal: 
             }
         }
     }
-    if terminal {
-        // The terminal's slave is our stdin; bind it over /dev/console as runc does. The source
-        // must be a path in this mount namespace (the fd's own mount belongs to the agent's), so
-        // take the slave's name (/dev/pts/N), which this copy of the agent's tree also has.
-        let slave = std::fs::read_link("/proc/self/fd/0").context("find the terminal's name")?;
-        let console = rootfs::touch_in_root(root, Path::new("/dev/console"))
-            .context("create /dev/console")?;
-        mount(Some(&slave), &console, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .with_context(|| format!("bind the terminal {} on /dev/console", slave.display()))?;
-    }
+    Ok(())
+}
+
+/// Binds the terminal `slave` (a /dev/pts/N path of the container's devpts) over
+/// `/dev/console`, as runc does, so that programs writing to the console reach the terminal.
+/// Runs inside the container's root, after the root switch.
+pub fn bind_console(slave: &Path) -> anyhow::Result<()> {
+    let console = rootfs::touch_in_root(Path::new("/"), Path::new("/dev/console"))
+        .context("create /dev/console")?;
+    mount(Some(slave), &console, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .with_context(|| format!("bind the terminal {} on /dev/console", slave.display()))?;
     Ok(())
 }
 

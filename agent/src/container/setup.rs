@@ -25,22 +25,21 @@ pub fn run_init(config: &HelperConfig, seccomp: Option<&LinuxSeccomp>, sync: &Sy
 /// Runs an exec'd process (already inside the container's namespaces and root); returns only on
 /// failure.
 pub fn run_exec(config: &HelperConfig, seccomp: Option<&LinuxSeccomp>, sync: &SyncSocket) -> anyhow::Error {
-    let result = common_start(config, sync).and_then(|()| process::prepare(&config.process, seccomp));
+    let result = common_start(sync)
+        .and_then(|()| if config.terminal { attach_terminal(sync, false) } else { Ok(()) })
+        .and_then(|()| process::prepare(&config.process, seccomp));
     match result {
         Ok(prepared) => prepared.exec(),
         Err(err) => err,
     }
 }
 
-/// What every container process does first: own session (and terminal), a clean signal state,
+/// What every container process does first: its own session, a clean signal state,
 /// no inherited fds besides stdio and the sync socket.
-fn common_start(config: &HelperConfig, sync: &SyncSocket) -> anyhow::Result<()> {
+fn common_start(sync: &SyncSocket) -> anyhow::Result<()> {
     sys::cloexec_from_3_except(sync.raw_fd()).context("mark inherited fds close-on-exec")?;
     sys::reset_signals().context("reset signal handling")?;
     nix::unistd::setsid().context("setsid")?;
-    if config.terminal {
-        sys::set_controlling_tty(0).context("make the terminal the controlling terminal")?;
-    }
     // Device nodes and mount points get exactly the modes asked for; the process's umask is set
     // later from process.user.umask.
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
@@ -51,9 +50,10 @@ fn init(config: &HelperConfig, seccomp: Option<&LinuxSeccomp>, sync: &SyncSocket
     let Mode::Init { spec, rootfs, no_pivot } = &config.mode else {
         bail!("run_init called for an exec");
     };
-    common_start(config, sync)?;
+    common_start(sync)?;
     let cgroup_dir = config.cgroup_procs.as_deref().and_then(Path::parent);
-    build_root(spec, rootfs, *no_pivot, config.terminal, cgroup_dir).context("container root setup")?;
+    build_root(spec, rootfs, *no_pivot, config.terminal, sync, cgroup_dir)
+        .context("container root setup")?;
     let prepared = process::prepare(&config.process, seccomp)?;
 
     sync.send(&Message::Ready).context("report ready")?;
@@ -73,6 +73,7 @@ fn build_root(
     rootfs: &Path,
     no_pivot: bool,
     terminal: bool,
+    sync: &SyncSocket,
     cgroup_dir: Option<&Path>,
 ) -> anyhow::Result<()> {
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
@@ -105,9 +106,14 @@ fn build_root(
     let dev_mounted = mounts::mount_all(rootfs, spec.mounts().as_deref().unwrap_or_default(), &cgroup)?;
     let linux = spec.linux().as_ref();
     let devices = linux.and_then(|linux| linux.devices().as_deref()).unwrap_or_default();
-    devices::setup(rootfs, dev_mounted, devices, terminal).context("devices")?;
+    devices::setup(rootfs, dev_mounted, devices).context("devices")?;
 
     pivot::switch_root(rootfs, no_pivot)?;
+    // As runc: the terminal comes from the container's own devpts, after its mounts and before
+    // the root is made read-only.
+    if terminal {
+        attach_terminal(sync, true)?;
+    }
     create_cwd(spec)?;
 
     if let Some(sysctls) = linux.and_then(|linux| linux.sysctl().as_ref()) {
@@ -155,6 +161,26 @@ fn create_cwd(spec: &Spec) -> anyhow::Result<()> {
             .create(&cwd)
             .with_context(|| format!("create cwd {}", cwd.display()))?;
     }
+    Ok(())
+}
+
+/// Opens a pty from the container's `/dev/ptmx` (this process is inside the container's root),
+/// makes its slave stdin, stdout, stderr and the controlling terminal (the process leads its own
+/// session already), binds it over `/dev/console` for an init, and sends the master to the agent.
+fn attach_terminal(sync: &SyncSocket, bind_console: bool) -> anyhow::Result<()> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let (master, slave) = sys::open_pty()
+        .context("open a terminal from the container's /dev/ptmx (is devpts mounted on /dev/pts?)")?;
+    if bind_console {
+        let number = sys::pty_number(master.as_fd()).context("find the terminal's number")?;
+        devices::bind_console(&Path::new("/dev/pts").join(number.to_string()))?;
+    }
+    nix::unistd::dup2_stdin(&slave).context("make the terminal stdin")?;
+    nix::unistd::dup2_stdout(&slave).context("make the terminal stdout")?;
+    nix::unistd::dup2_stderr(&slave).context("make the terminal stderr")?;
+    drop(slave);
+    sys::set_controlling_tty(0).context("make the terminal the controlling terminal")?;
+    sync.send_with_fd(&Message::Console, master.as_raw_fd()).context("send the terminal")?;
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 //! follow the sync socket until the process is ready (init) or exec'd (exec).
 
 use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -14,7 +14,7 @@ use oci_spec::runtime::LinuxSeccomp;
 use slog::{debug, warn, Logger};
 
 use super::config::{HelperConfig, HelperInputRef, Mode};
-use super::sync::{self, AsyncSyncSocket, Message};
+use super::sync::{self, AsyncSyncSocket, Message, Received};
 use super::HELPER_SUBCOMMAND;
 use crate::error::{Error, Result};
 use crate::reaper::{Reaper, Watched};
@@ -29,6 +29,9 @@ pub struct Spawned {
     pub watched: Watched,
     /// The sync socket of an init, kept to send `Start`.
     pub sync: Option<AsyncSyncSocket>,
+    /// The master of the process's terminal (`terminal` set), opened by the process itself in
+    /// the container's devpts.
+    pub console: Option<OwnedFd>,
 }
 
 /// Creates a container process through the helper.
@@ -81,16 +84,29 @@ pub async fn spawn(
     let mut pid = None;
     let mut watched = None;
     let mut ready = false;
+    let mut console = None;
     let mut failure = None;
     loop {
         match sync.recv().await {
-            Ok(Some(Message::Pid(p))) => {
+            Ok(Some(Received { message: Message::Pid(p), .. })) => {
                 pid = Some(p);
                 watched = Some(reaper.watch(p));
             }
-            Ok(Some(Message::Ready)) => ready = true,
-            Ok(Some(Message::Error(err))) => failure = Some(Error::Setup(err)),
-            Ok(Some(Message::Start)) => {
+            Ok(Some(Received { message: Message::Ready, .. })) => ready = true,
+            Ok(Some(Received { message: Message::Console, fd })) => match fd {
+                Some(fd) if config.terminal => console = Some(fd),
+                _ => {
+                    failure = Some(Error::Internal(anyhow!(
+                        "unexpected Console message (terminal {}, fd attached {})",
+                        config.terminal,
+                        fd.is_some()
+                    )))
+                }
+            },
+            Ok(Some(Received { message: Message::Error(err), .. })) => {
+                failure = Some(Error::Setup(err))
+            }
+            Ok(Some(Received { message: Message::Start, .. })) => {
                 failure = Some(Error::Internal(anyhow!("unexpected Start from the helper")))
             }
             Ok(None) => break,
@@ -126,6 +142,11 @@ pub async fn spawn(
             status.map_or_else(|| "unknown".to_string(), |s| s.to_string())
         )));
     }
+    if failure.is_none() && config.terminal && console.is_none() {
+        failure = Some(Error::Internal(anyhow!(
+            "the container process asked for a terminal but sent none"
+        )));
+    }
     if let Some(failure) = failure {
         kill_and_wait(&watched, log).await;
         return Err(failure);
@@ -134,7 +155,7 @@ pub async fn spawn(
     if is_init {
         profiles::register(pid, seccomp);
     }
-    Ok(Spawned { watched, sync: is_init.then_some(sync) })
+    Ok(Spawned { watched, sync: is_init.then_some(sync), console })
 }
 
 /// Tells a ready init to exec its program; returns once it did (or failed to).
@@ -144,8 +165,11 @@ pub async fn start(sync: &AsyncSyncSocket) -> Result<()> {
         .context("failed to signal the container's init (did it exit?)")?;
     match sync.recv().await {
         Ok(None) => Ok(()),
-        Ok(Some(Message::Error(err))) => Err(Error::Setup(err)),
-        Ok(Some(other)) => Err(Error::Internal(anyhow!("unexpected {other:?} from the container's init"))),
+        Ok(Some(Received { message: Message::Error(err), .. })) => Err(Error::Setup(err)),
+        Ok(Some(other)) => Err(Error::Internal(anyhow!(
+            "unexpected {:?} from the container's init",
+            other.message
+        ))),
         Err(err) => Err(Error::Internal(anyhow!(err).context("sync socket"))),
     }
 }

@@ -6,12 +6,19 @@
 //! `Start`; then the socket reaches end of file when the child's `execve` closes it
 //! (close-on-exec), or the child sends `Error` if the exec failed. For an exec'd process there is
 //! no `Ready`/`Start`: end of file after `Pid` means the exec happened.
+//!
+//! A process with a terminal also sends `Console` before `Ready` (or before its exec), carrying
+//! the master of the pty it opened in the container's devpts as an `SCM_RIGHTS` fd: the process
+//! gets a /dev/pts/N of its own container, as under runc's console socket.
 
-use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use anyhow::Context;
-use nix::sys::socket::{socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
+use nix::sys::socket::{
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType,
+};
 use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 
@@ -27,6 +34,8 @@ pub enum Message {
     Ready,
     /// From the agent: exec the user's program.
     Start,
+    /// From a container process with a terminal: the pty master travels with this message.
+    Console,
     /// From the helper or the container process: setup failed.
     Error(SetupError),
 }
@@ -113,6 +122,21 @@ impl SyncSocket {
         }
     }
 
+    /// Sends `message` with `fd` attached (`SCM_RIGHTS`); the receiver gets its own copy.
+    pub fn send_with_fd(&self, message: &Message, fd: RawFd) -> io::Result<()> {
+        let bytes = encode(message);
+        let fds = [fd];
+        let control = [ControlMessage::ScmRights(&fds)];
+        loop {
+            let iov = [IoSlice::new(&bytes)];
+            match sendmsg::<()>(self.0.as_raw_fd(), &iov, &control, MsgFlags::empty(), None) {
+                Ok(_) => return Ok(()),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+
     /// The next message, or `None` at end of file.
     pub fn recv(&self) -> io::Result<Option<Message>> {
         let mut buf = vec![0u8; MAX_MESSAGE];
@@ -153,24 +177,48 @@ impl AsyncSyncSocket {
         }
     }
 
-    /// The next message, or `None` at end of file.
-    pub async fn recv(&self) -> io::Result<Option<Message>> {
+    /// The next message, or `None` at end of file. An fd sent along (`Console`) is returned
+    /// with it, close-on-exec.
+    pub async fn recv(&self) -> io::Result<Option<Received>> {
         let mut buf = vec![0u8; MAX_MESSAGE];
         loop {
             let mut guard = self.0.readable().await?;
-            let result = guard.try_io(|fd| {
-                nix::sys::socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty())
-                    .map_err(io::Error::from)
-            });
-            match result {
-                Ok(Ok(0)) => return Ok(None),
-                Ok(Ok(n)) => return decode(&buf[..n]).map(Some),
+            match guard.try_io(|fd| recv_with_fd(fd.as_raw_fd(), &mut buf)) {
+                Ok(Ok((0, _))) => return Ok(None),
+                Ok(Ok((n, fd))) => {
+                    let message = decode(&buf[..n])?;
+                    return Ok(Some(Received { message, fd }));
+                }
                 Ok(Err(err)) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Ok(Err(err)) => return Err(err),
                 Err(_would_block) => continue,
             }
         }
     }
+}
+
+/// A message as the agent received it, with the fd that came along, if any.
+#[derive(Debug)]
+pub struct Received {
+    pub message: Message,
+    pub fd: Option<OwnedFd>,
+}
+
+/// One `recvmsg`: the number of bytes and the first fd passed with them. Extra fds (nobody
+/// should send them) are closed rather than leaked.
+fn recv_with_fd(socket: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+    let mut control = nix::cmsg_space!([RawFd; 4]);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(socket, &mut iov, Some(&mut control), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    let mut received = Vec::new();
+    for cmsg in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            // SAFETY: SCM_RIGHTS installed these fds in this process just now; nothing else
+            // owns them.
+            received.extend(fds.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    Ok((msg.bytes, received.into_iter().next()))
 }
 
 #[cfg(test)]
@@ -194,6 +242,27 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert!(b.recv().unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_console_fd_crosses_the_socket() {
+        let (a, b) = pair().unwrap();
+        let (a, b) = (SyncSocket::new(a), AsyncSyncSocket::new(b).unwrap());
+        let (read, write) = nix::unistd::pipe().unwrap();
+        a.send_with_fd(&Message::Console, write.as_raw_fd()).unwrap();
+        drop(write);
+        a.send(&Message::Ready).unwrap();
+        drop(a);
+        let got = b.recv().await.unwrap().unwrap();
+        assert!(matches!(got.message, Message::Console));
+        // The received fd is the pipe's writing end: what goes in comes out of `read`.
+        nix::unistd::write(got.fd.as_ref().unwrap(), b"hi").unwrap();
+        drop(got);
+        let mut buf = [0u8; 4];
+        assert_eq!(nix::unistd::read(&read, &mut buf).unwrap(), 2);
+        let ready = b.recv().await.unwrap().unwrap();
+        assert!(matches!(ready.message, Message::Ready) && ready.fd.is_none());
+        assert!(b.recv().await.unwrap().is_none());
     }
 
     #[test]

@@ -69,14 +69,15 @@ async fn spawn_init(
     req: &CreateContainerRequest,
     log: &Logger,
 ) -> Result<(Process, crate::container::sync::AsyncSyncSocket)> {
-    let (io, child_stdio) = ProcessIo::create(req.terminal, req.stdin)?;
+    let (pending_io, child_stdio) = ProcessIo::create(req.terminal, req.stdin)?;
     let config = HelperConfig {
         process,
         terminal: req.terminal,
         cgroup_procs: cgroup.map(Cgroup::procs_file),
         mode: Mode::Init { spec: Box::new(spec), rootfs, no_pivot: agent.config.no_pivot },
     };
-    let spawned = spawn::spawn(&agent.reaper, &config, child_stdio, log).await?;
+    let mut spawned = spawn::spawn(&agent.reaper, &config, child_stdio, log).await?;
+    let io = pending_io.finish(spawned.console.take())?;
     let sync = spawned
         .sync
         .ok_or_else(|| Error::Internal(anyhow::anyhow!("the init's sync socket is missing")))?;

@@ -29,7 +29,7 @@ pub async fn exec(agent: &Agent, req: &ExecProcessRequest) -> Result<ExecProcess
     }
     let process: oci_spec::runtime::Process = serde_json::from_slice(&req.oci_process_json)
         .map_err(|err| Error::InvalidArgument(format!("invalid OCI process: {err}")))?;
-    let (io, child_stdio) = ProcessIo::create(req.terminal, req.stdin)?;
+    let (pending_io, child_stdio) = ProcessIo::create(req.terminal, req.stdin)?;
     let config = HelperConfig {
         process,
         terminal: req.terminal,
@@ -37,7 +37,8 @@ pub async fn exec(agent: &Agent, req: &ExecProcessRequest) -> Result<ExecProcess
         mode: Mode::Exec { init_pid: container.init.pid() },
     };
     let log = agent.log.new(slog::o!("container" => req.container_id.clone(), "exec" => req.exec_id.clone()));
-    let spawned = spawn::spawn(&agent.reaper, &config, child_stdio, &log).await?;
+    let mut spawned = spawn::spawn(&agent.reaper, &config, child_stdio, &log).await?;
+    let io = pending_io.finish(spawned.console.take())?;
     let pid = spawned.watched.pid;
     container.add_exec(Arc::new(Process::new(req.exec_id.clone(), spawned.watched, io)))?;
     info!(log, "process exec'd"; "pid" => pid);
