@@ -14,7 +14,7 @@ export PATH := $(HOME)/.cargo/bin:/root/.cargo/bin:$(PATH)
 
 CARGO        ?= cargo
 AGENT_TARGET ?= x86_64-unknown-linux-gnu
-AGENT_BIN    := target/$(AGENT_TARGET)/release/bazaar-agent
+AGENT_BIN    := target/$(AGENT_TARGET)/agent/bazaar-agent
 SHIM_BIN     := target/release/containerd-shim-bazaar-v2
 # Helper binaries installed next to the shim when the workspace builds them.
 HELPERS      := bazaar-vmm
@@ -44,8 +44,8 @@ deps:
 ## guest's /init: no libc in the initrd).
 build:
 	$(CARGO) build --release --workspace
-	RUSTFLAGS="-C target-feature=+crt-static" \
-		$(CARGO) build --release -p bazaar-agent --target $(AGENT_TARGET)
+	RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
+		$(CARGO) build --profile agent -p bazaar-agent --target $(AGENT_TARGET)
 
 ## Guest kernel (cached by its config) and initrd (the agent as /init).
 guest-image: build

@@ -4,12 +4,12 @@
 # usage: guest-image/build-kernel.sh [OUT_DIR]        (default: <repo>/build/guest)
 #
 # Steps: extract the source tarball into a cache directory outside the repo,
-# `make tinyconfig`, merge guest-image/kernel.config, verify that every `=y`
+# apply guest-image/patches/*.patch, `make tinyconfig`, merge guest-image/kernel.config, verify that every `=y`
 # option of the fragment survived, build bzImage + vmlinux, copy them (and the
 # final .config as `config`) to OUT_DIR.
 #
-# The cache key is sha256(kernel.config + linux-source package version + recipe
-# version); a second run with the same key only copies the cached artifacts.
+# The cache key is sha256(kernel.config + patches + linux-source package version +
+# recipe version); a second run with the same key only copies the cached artifacts.
 #
 # Environment:
 #   BAZAAR_KERNEL_CACHE   cache root (default /var/cache/bazaar/kernel)
@@ -21,19 +21,20 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
 fragment="$here/kernel.config"
+patches=("$here"/patches/*.patch)
 out="${1:-$repo/build/guest}"
 cache_root="${BAZAAR_KERNEL_CACHE:-/var/cache/bazaar/kernel}"
 tarball="${LINUX_SOURCE_TARBALL:-/usr/src/linux-source-6.1.tar.xz}"
 jobs="${JOBS:-$(nproc)}"
 # Bump when the build recipe itself changes in a way that alters the output.
-recipe_version=1
+recipe_version=2
 
 die() { echo "build-kernel: error: $*" >&2; exit 1; }
 log() { echo "build-kernel: $*" >&2; }
 
 [[ -f "$fragment" ]] || die "missing $fragment"
 [[ -f "$tarball" ]] || die "missing $tarball (apt-get install linux-source-6.1, or run scripts/install-deps.sh)"
-for tool in make gcc bc bison flex xz cpio sha256sum; do
+for tool in make gcc bc bison flex xz cpio sha256sum patch; do
     command -v "$tool" >/dev/null || die "missing tool '$tool' (run scripts/install-deps.sh)"
 done
 
@@ -48,7 +49,7 @@ if [[ -z "$src_id" ]]; then
     src_id="sha256:$(sha256sum "$tarball" | cut -d' ' -f1)"
 fi
 
-key="$( { cat "$fragment"; printf '\nlinux-source=%s\nrecipe=%s\n' "$src_id" "$recipe_version"; } \
+key="$( { cat "$fragment" "${patches[@]}"; printf '\nlinux-source=%s\nrecipe=%s\n' "$src_id" "$recipe_version"; } \
         | sha256sum | cut -d' ' -f1)"
 dir="$cache_root/$key"
 mkdir -p "$cache_root"
@@ -81,6 +82,10 @@ rm -rf "$dir"
 mkdir -p "$dir/src"
 log "extracting $tarball into $dir/src"
 tar -xf "$tarball" -C "$dir/src" --strip-components=1
+for p in "${patches[@]}"; do
+    log "applying $(basename "$p")"
+    patch -d "$dir/src" -p1 --forward --quiet <"$p" || die "patch $p does not apply to $tarball"
+done
 
 cd "$dir/src"
 kmake() { make -s ARCH=x86_64 "$@"; }

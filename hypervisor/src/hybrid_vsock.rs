@@ -10,8 +10,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::time::{sleep, timeout_at, Instant};
 
-/// Pause between attempts while the guest is not listening yet.
-const RETRY_INTERVAL: Duration = Duration::from_millis(50);
+/// Pause between attempts while the guest is not listening yet. Short: the agent is usually
+/// up a few ms after its first refusal, and a refused attempt costs the guest little (one
+/// request and one reset packet; before the vsock driver is up an attempt just waits).
+const RETRY_INTERVAL: Duration = Duration::from_millis(10);
 /// Upper bound for one handshake: a guest whose vsock driver is not up yet leaves the request
 /// unanswered, so a stuck attempt is abandoned and retried.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);

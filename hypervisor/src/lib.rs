@@ -47,6 +47,10 @@ pub struct VmConfig {
     /// sockets and pid files. The backend removes what it created there on `stop`.
     pub run_dir: PathBuf,
     pub acceleration: Acceleration,
+    /// Under software emulation (QEMU TCG): the size of the translated-code cache in MiB, `0`
+    /// for the emulator's default. The cache is host memory that the VM keeps touching; a
+    /// small guest's boot fits a small cache (`make bench` compares sizes).
+    pub tcg_cache_mib: u32,
 }
 
 /// Devices cold-plugged before `start`.

@@ -41,6 +41,9 @@ pub struct HypervisorConfig {
     pub kernel_params: String,
     pub vcpus: u32,
     pub memory_mib: u32,
+    /// QEMU TCG's translation cache (tb-size) in MiB; 0 = QEMU's default (1 GiB, touched as
+    /// the guest runs new code). Only used without hardware virtualization.
+    pub tcg_cache_mib: u32,
     pub qemu_path: PathBuf,
     pub virtiofsd_path: PathBuf,
     pub vhost_vsock_path: PathBuf,
@@ -56,6 +59,7 @@ impl Default for HypervisorConfig {
             kernel_params: String::new(),
             vcpus: 1,
             memory_mib: 256,
+            tcg_cache_mib: 0,
             qemu_path: PathBuf::from("/usr/bin/qemu-system-x86_64"),
             virtiofsd_path: PathBuf::from("/usr/local/libexec/bazaar/virtiofsd"),
             vhost_vsock_path: PathBuf::from("/usr/local/libexec/bazaar/vhost-device-vsock"),

@@ -50,6 +50,7 @@ impl Fixture {
             extra_kernel_params: String::new(),
             run_dir: self.path("run"),
             acceleration: Acceleration::Tcg,
+            tcg_cache_mib: 0,
         };
         Qemu::new(config, paths, Logger::root(slog::Discard, slog::o!())).unwrap()
     }

@@ -208,6 +208,7 @@ pub fn test_vm_with(
         extra_kernel_params: String::new(),
         run_dir: run_dir.clone(),
         acceleration: Acceleration::Auto,
+            tcg_cache_mib: 0,
     };
     let (tx, console) = mpsc::unbounded_channel();
     let qemu = Qemu::new(config, paths, logger())

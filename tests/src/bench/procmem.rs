@@ -54,7 +54,9 @@ pub fn parse_smaps_rollup(text: &str) -> Mem {
 
 /// The memory of one process; `None` once it is gone.
 pub fn process_mem(pid: i32) -> Option<Mem> {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok().map(|t| parse_smaps_rollup(&t))
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .map(|t| parse_smaps_rollup(&t))
 }
 
 /// user + system CPU time of one process so far, in seconds; `None` once it is gone.
@@ -164,7 +166,9 @@ mod tests {
         assert_eq!(tree.len(), 2, "{tree:?}");
         assert_eq!(tree[0].pid, child.id() as i32);
         assert_eq!(short_name(&tree[1]), "sleep");
-        assert!(sandbox_processes("containerd-shim-fake-v2", Path::new("/s/c.sock"), "x").is_empty());
+        assert!(
+            sandbox_processes("containerd-shim-fake-v2", Path::new("/s/c.sock"), "x").is_empty()
+        );
         // The orphaned sleep is killed by PID.
         crate::process::signal_pid(tree[1].pid, libc::SIGKILL);
     }
