@@ -22,7 +22,8 @@
 //!   while in the guest every process is reparented to the agent, whose reaper must be the only
 //!   one calling `waitpid` (two reapers race for the same exit statuses).
 //!
-//! Our setup is one helper re-exec (`bazaar-agent __init-container`, see [`container::helper`])
+//! Our setup is one helper (see [`container::helper`]), forked by a launcher process the agent
+//! forks at start-up ([`container::launcher`]) or re-executed (`bazaar-agent __init-container`),
 //! that reads its setup from a pipe, enters namespaces, forks once and reports back over a socket.
 
 mod config;
@@ -79,9 +80,20 @@ fn main() {
         }
         config.apply_kernel_cmdline();
     }
+    // Before any thread exists (the logger's and tokio's come next): the launcher is forked.
+    let launcher_error = match container::launcher::Launcher::start() {
+        Ok(launcher) => {
+            launcher.install();
+            None
+        }
+        Err(err) => Some(format!("{err:#}")),
+    };
     let log = logging::new(config.log_level);
     info!(log, "bazaar-agent starting";
         "version" => env!("CARGO_PKG_VERSION"), "pid1" => pid1, "listen" => &config.listen);
+    if let Some(err) = launcher_error {
+        slog::warn!(log, "no launcher: every container helper is a re-exec"; "error" => err);
+    }
     for warning in init_warnings {
         slog::warn!(log, "guest init"; "warning" => warning);
     }

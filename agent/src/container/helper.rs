@@ -1,5 +1,6 @@
-//! `bazaar-agent __init-container CONFIG_FD SYNC_FD`: the short-lived, single-threaded helper
-//! that the agent re-executes to create a container process.
+//! The short-lived, single-threaded helper that creates a container process: forked by the
+//! [launcher](super::launcher), or as a fallback re-executed as `bazaar-agent __init-container
+//! CONFIG_FD SYNC_FD`.
 //!
 //! It reads its [`HelperConfig`] from the config pipe, joins the container's cgroup, unshares
 //! (init) or joins (exec) the namespaces, and forks once: the child is the container process
@@ -35,6 +36,12 @@ pub fn main(args: &[String]) -> ! {
     let (config_file, sync) = unsafe {
         (File::from_raw_fd(config_fd), SyncSocket::new(OwnedFd::from_raw_fd(sync_fd)))
     };
+    run_with(config_file, sync)
+}
+
+/// The helper proper, after a re-exec ([`main`]) or a fork of the launcher
+/// ([`super::launcher`]); fds 0-2 are the container process's stdio. Never returns.
+pub fn run_with(config_file: File, sync: SyncSocket) -> ! {
     let err = match run(config_file, &sync) {
         Ok(never) => match never {},
         Err(err) => err,

@@ -2,7 +2,7 @@
 //!
 //! Agent side: [`spawn`] (start the helper, follow the setup) and [`cgroups`] (with the device
 //! allowlist, [`device_filter`]).
-//! Helper side: [`helper`] (namespaces, fork) and, in the container process, [`setup`] with its
+//! Helper side: [`launcher`] (forks helpers), [`helper`] (namespaces, fork) and, in the container process, [`setup`] with its
 //! parts: [`mounts`], [`rootfs`] (safe paths), [`devices`], [`pivot`], [`masks`], [`process`]
 //! ([`user`], [`caps`], [`seccomp`], [`exec`]). Raw system calls of these parts: [`kernel`].
 
@@ -14,6 +14,7 @@ pub mod devices;
 pub mod exec;
 pub mod helper;
 pub mod kernel;
+pub mod launcher;
 pub mod masks;
 pub mod mounts;
 pub mod namespaces;

@@ -15,7 +15,7 @@ use slog::{debug, warn, Logger};
 
 use super::config::{HelperConfig, HelperInputRef, Mode};
 use super::sync::{self, AsyncSyncSocket, Message, Received};
-use super::HELPER_SUBCOMMAND;
+use super::{launcher, HELPER_SUBCOMMAND};
 use crate::error::{Error, Result};
 use crate::reaper::{Reaper, Watched};
 use crate::stdio::ChildStdio;
@@ -51,28 +51,24 @@ pub async fn spawn(
     let (config_read, config_write) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).context("failed to create the config pipe")?;
     let (agent_end, helper_end) = sync::pair()?;
-    let config_fd = config_read.as_raw_fd();
-    let sync_fd = helper_end.as_raw_fd();
-
-    let mut cmd = Command::new("/proc/self/exe");
-    cmd.arg(HELPER_SUBCOMMAND)
-        .arg(config_fd.to_string())
-        .arg(sync_fd.to_string())
-        .env_clear()
-        .stdin(Stdio::from(stdio.stdin))
-        .stdout(Stdio::from(stdio.stdout))
-        .stderr(Stdio::from(stdio.stderr));
-    // SAFETY: the closure runs between fork and exec and only calls fcntl, which is
-    // async-signal-safe; it lets exactly these two fds through the exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            sys::set_cloexec(config_fd, false)?;
-            sys::set_cloexec(sync_fd, false)
-        });
-    }
-    let (_child, helper) = reaper.spawn(&mut cmd).context("failed to start the container helper")?;
+    // The launcher forks the helper; the re-exec is the fallback when there is none (or it died).
+    let launched = match launcher::get() {
+        Some(launcher) => match launcher.launch(&stdio, &config_read, &helper_end) {
+            Ok(()) => true,
+            Err(err) => {
+                warn!(log, "the launcher is gone; re-executing the helper"; "error" => %err);
+                false
+            }
+        },
+        None => false,
+    };
+    let helper = if launched {
+        drop(stdio);
+        None
+    } else {
+        Some(exec_helper(reaper, stdio, &config_read, &helper_end)?)
+    };
     // Our copies of the child's ends must close, or end of file never comes.
-    drop(cmd);
     drop(config_read);
     drop(helper_end);
 
@@ -120,7 +116,11 @@ pub async fn spawn(
         }
     }
 
-    let helper_status = tokio::time::timeout(EXIT_TIMEOUT, helper.exit.wait()).await.ok();
+    let helper_status = match &helper {
+        Some(helper) => tokio::time::timeout(EXIT_TIMEOUT, helper.exit.wait()).await.ok(),
+        // A launched helper is the launcher's child, reaped there.
+        None => None,
+    };
     match writer.await {
         Ok(Ok(())) => {}
         Ok(Err(err)) => debug!(log, "writing the helper config failed"; "error" => %err),
@@ -129,10 +129,13 @@ pub async fn spawn(
 
     let (Some(pid), Some(watched)) = (pid, watched) else {
         return Err(failure.unwrap_or_else(|| {
-            Error::Internal(anyhow!(
-                "the container helper exited with status {} before it started the process",
-                helper_status.map_or_else(|| "unknown".to_string(), |s| s.to_string())
-            ))
+            Error::Internal(match helper_status {
+                Some(status) => anyhow!(
+                    "the container helper exited with status {status} before it started the \
+                     process"
+                ),
+                None => anyhow!("the container helper ended before it started the process"),
+            })
         }));
     };
     if failure.is_none() && is_init && !ready {
@@ -156,6 +159,36 @@ pub async fn spawn(
         profiles::register(pid, seccomp);
     }
     Ok(Spawned { watched, sync: is_init.then_some(sync), console })
+}
+
+/// Starts the helper by re-executing the agent binary (`/proc/self/exe __init-container`).
+fn exec_helper(
+    reaper: &Reaper,
+    stdio: ChildStdio,
+    config_read: &OwnedFd,
+    helper_end: &OwnedFd,
+) -> Result<Watched> {
+    let config_fd = config_read.as_raw_fd();
+    let sync_fd = helper_end.as_raw_fd();
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg(HELPER_SUBCOMMAND)
+        .arg(config_fd.to_string())
+        .arg(sync_fd.to_string())
+        .env_clear()
+        .stdin(Stdio::from(stdio.stdin))
+        .stdout(Stdio::from(stdio.stdout))
+        .stderr(Stdio::from(stdio.stderr));
+    // SAFETY: the closure runs between fork and exec and only calls fcntl, which is
+    // async-signal-safe; it lets exactly these two fds through the exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            sys::set_cloexec(config_fd, false)?;
+            sys::set_cloexec(sync_fd, false)
+        });
+    }
+    let (_child, helper) =
+        reaper.spawn(&mut cmd).context("failed to start the container helper")?;
+    Ok(helper)
 }
 
 /// Tells a ready init to exec its program; returns once it did (or failed to).
