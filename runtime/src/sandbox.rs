@@ -145,6 +145,7 @@ fn new_hypervisor(
         extra_kernel_params: hv.kernel_params.clone(),
         run_dir: run_dir.to_path_buf(),
         acceleration: hv.acceleration,
+        tcg_cache_mib: hv.tcg_cache_mib,
     };
     let paths = QemuPaths {
         qemu: hv.qemu_path.clone(),
@@ -204,7 +205,12 @@ fn prepare_run_dir(run_dir: &Path) -> Result<()> {
         mounts::unmount_all_under(run_dir)?;
         mounts::remove_dir_without_mounts(run_dir)?;
     }
-    std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))
+    std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    // Root only: the dir holds the hybrid-vsock socket (a connection is a connection to the
+    // agent API) and the sockets of QEMU's monitor and of the vhost-user backends.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(run_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making {} private", run_dir.display()))
 }
 
 /// Unmounts whatever is left under the run dir and removes it.
