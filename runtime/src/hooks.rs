@@ -2,9 +2,10 @@
 //!
 //! The spec's hooks name host binaries (containerd's, nerdctl's, NVIDIA's hooks live on the
 //! host) and act on the host, so they run here, not in the guest, as Kata runs its OCI hooks.
-//! Each hook gets `args` (`args[0]` is its argv0), exactly the `env` it lists, the container's
-//! state as JSON on stdin and the bundle as its working directory (as under runc, which runs in
-//! the bundle). A hook still running at its `timeout` is killed by its PID.
+//! Each hook gets `args` (`args[0]` is its argv0), exactly the `env` it lists (the shim's own
+//! environment when it lists none, as runc passes its own), the container's state as JSON on
+//! stdin and the bundle as its working directory (as under runc, which runs in the bundle). A
+//! hook still running at its `timeout` is killed by its PID.
 //!
 //! Failures of `prestart`, `createRuntime`, `createContainer` and `startContainer` hooks fail the
 //! operation; those of `poststart` and `poststop` are logged as warnings (runtime spec).
@@ -164,11 +165,14 @@ pub async fn run_hook(hook: &Hook, state: &[u8], cwd: &Path) -> Result<()> {
         }
         command.args(args.iter().skip(1));
     }
-    // The hook's environment is exactly its `env` (as runc passes it), not the shim's.
-    command.env_clear();
-    for entry in hook.env().iter().flatten() {
-        if let Some((key, value)) = entry.split_once('=') {
-            command.env(key, value);
+    // With an `env`, exactly that environment; without one, the shim's (containerd's), as
+    // under runc: Go's exec gives a nil `Env` the parent's environment.
+    if let Some(env) = hook.env() {
+        command.env_clear();
+        for entry in env {
+            if let Some((key, value)) = entry.split_once('=') {
+                command.env(key, value);
+            }
         }
     }
     command

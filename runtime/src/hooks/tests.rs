@@ -59,6 +59,20 @@ async fn a_hook_gets_its_args_env_state_and_the_bundle_as_cwd() {
 }
 
 #[tokio::test]
+async fn a_hook_without_env_inherits_the_runtime_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = HookBuilder::default()
+        .path("/bin/sh")
+        .args(vec!["sh".to_string(), "-c".to_string(), "env > env".to_string()])
+        .build()
+        .unwrap();
+    run_hook(&hook, b"{}", dir.path()).await.unwrap();
+    let env = std::fs::read_to_string(dir.path().join("env")).unwrap();
+    let path = std::env::var("PATH").unwrap_or_default();
+    assert!(env.lines().any(|l| l == format!("PATH={path}")), "{env}");
+}
+
+#[tokio::test]
 async fn a_failing_hook_reports_its_exit_status_and_stderr() {
     let dir = tempfile::tempdir().unwrap();
     let hook = sh_hook("echo boom >&2; exit 3", &[], None);
