@@ -110,4 +110,8 @@ pub trait Hypervisor: Send + Sync {
 
     /// The processes this backend started and still owns.
     fn processes(&self) -> Vec<ProcessRecord>;
+
+    /// The PID of the process that runs the VM (QEMU's), while it runs. The host's stand-in for
+    /// "the container's pid" where the host needs one (the state given to OCI hooks).
+    fn vmm_pid(&self) -> Option<u32>;
 }

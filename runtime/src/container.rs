@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use crate::hooks::ContainerHooks;
 use crate::io::StdinCopy;
 use crate::process::Process;
 
@@ -55,6 +56,8 @@ pub struct Container {
     /// `<shared dir>/<id>`: everything shared with the guest for this container.
     pub shared_root: PathBuf,
     pub init: Arc<ProcessEntry>,
+    /// The spec's OCI hooks, run on the host at start and delete (see `hooks`).
+    pub hooks: ContainerHooks,
     execs: Mutex<HashMap<String, Arc<ProcessEntry>>>,
     /// Frozen by Pause (the guest's cgroup freezer) until Resume.
     paused: std::sync::atomic::AtomicBool,
@@ -67,6 +70,7 @@ impl Container {
         mounted_rootfs: Option<PathBuf>,
         shared_root: PathBuf,
         init: Arc<ProcessEntry>,
+        hooks: ContainerHooks,
     ) -> Container {
         Container {
             id,
@@ -74,6 +78,7 @@ impl Container {
             mounted_rootfs,
             shared_root,
             init,
+            hooks,
             execs: Mutex::new(HashMap::new()),
             paused: std::sync::atomic::AtomicBool::new(false),
         }

@@ -8,6 +8,7 @@ pub mod container;
 pub mod error;
 pub mod events;
 pub mod guest_spec;
+pub mod hooks;
 pub mod io;
 pub mod logging;
 pub mod mounts;

@@ -30,6 +30,8 @@ pub struct Sandbox {
     /// Host directory shared with the guest; the agent mounts it at `GUEST_SHARED_DIR`.
     pub shared_dir: PathBuf,
     pub agent: AgentServiceClient,
+    /// The VMM's host pid: what OCI hooks are told as the container's pid (see `hooks`).
+    pub vmm_pid: u32,
     hypervisor: Mutex<Box<dyn Hypervisor>>,
     logger: Logger,
 }
@@ -67,6 +69,7 @@ impl Sandbox {
                 run_dir,
                 shared_dir,
                 agent,
+                vmm_pid: hypervisor.vmm_pid().unwrap_or(0),
                 hypervisor: Mutex::new(hypervisor),
                 logger,
             }),

@@ -23,6 +23,7 @@ use crate::container::{Container, ProcessEntry};
 use crate::error::{Error, Result};
 use crate::events::{Event, EventSender};
 use crate::guest_spec;
+use crate::hooks::{self, ContainerHooks, HookKind};
 use crate::io::{spawn_output_copy, spawn_stdin_copy, OutputStream};
 use crate::mounts::{self, RootfsMount};
 use crate::process::{Exit, Process, Status, StdioPaths};
@@ -159,6 +160,8 @@ impl Tasks {
         })?;
         let guest = guest_spec::for_guest(spec.clone(), &task.id, &task.bundle)
             .map_err(|err| Error::InvalidArgument(format!("{err:#}")))?;
+        hooks::validate(&spec).map_err(|err| Error::InvalidArgument(format!("{err:#}")))?;
+        let container_hooks = ContainerHooks::from_spec(&spec);
         // Under runc a container without a hostname of its own sees the host's; the guest
         // plays the host's part here, so it takes the host's name unless the spec gives one.
         let hostname = match spec.hostname().as_deref().filter(|name| !name.is_empty()) {
@@ -201,6 +204,14 @@ impl Tasks {
             );
             return Err(Error::from_agent("CreateContainer", err));
         }
+        // The container exists (in the guest) and has not started: the runtime spec's point for
+        // these hooks. They run on the host (see `hooks`).
+        if let Err(err) =
+            self.run_create_hooks(&container_hooks, &task.id, &task.bundle, &sandbox).await
+        {
+            self.abort_create(&task, &container_hooks, &sandbox, mounted_rootfs.is_some()).await;
+            return Err(Error::Internal(err));
+        }
 
         let init = ProcessEntry::new(Process::new(&task.id, "", task.stdio.clone()), None);
         self.attach_stdio(&sandbox, &init);
@@ -210,6 +221,7 @@ impl Tasks {
             mounted_rootfs,
             shared_root,
             init,
+            container_hooks,
         ));
         self.containers.lock().await.insert(task.id.clone(), container);
         info!(self.logger, "container created"; "container" => &task.id);
@@ -220,6 +232,48 @@ impl Tasks {
             stdio: task.stdio,
         });
         Ok(0)
+    }
+
+    /// prestart (deprecated), createRuntime and createContainer hooks, in the order runc runs
+    /// them; the first failure stops them.
+    async fn run_create_hooks(
+        &self,
+        hooks: &ContainerHooks,
+        id: &str,
+        bundle: &Path,
+        sandbox: &Sandbox,
+    ) -> anyhow::Result<()> {
+        for kind in [HookKind::Prestart, HookKind::CreateRuntime, HookKind::CreateContainer] {
+            hooks.run(kind, id, sandbox.vmm_pid, bundle, &self.logger).await?;
+        }
+        Ok(())
+    }
+
+    /// Undoes a create whose hooks failed: the container in the guest, the shared mounts, and
+    /// then the poststop hooks, as runc's cleanup of a failed create runs them.
+    async fn abort_create(
+        &self,
+        task: &CreateTask,
+        hooks: &ContainerHooks,
+        sandbox: &Sandbox,
+        rootfs_mounted_by_us: bool,
+    ) {
+        let mut request = RemoveContainerRequest::new();
+        request.container_id = task.id.clone();
+        if let Err(err) =
+            sandbox.agent.remove_container(deadline(CONTROL_CALL_TIMEOUT), &request).await
+        {
+            warn!(self.logger, "guest failed to remove the container"; "container" => &task.id, "error" => %err);
+        }
+        undo_container_mounts(
+            &sandbox.shared_dir.join(&task.id),
+            rootfs_mounted_by_us,
+            &task.bundle,
+            &self.logger,
+        );
+        let _ = hooks
+            .run(HookKind::Poststop, &task.id, sandbox.vmm_pid, &task.bundle, &self.logger)
+            .await;
     }
 
     /// Mounts the container's rootfs (when containerd passed mounts) and binds it and every
@@ -287,7 +341,7 @@ impl Tasks {
 
     /// Runs the container's program, or an exec registered with `exec`.
     pub async fn start(&self, id: &str, exec_id: &str) -> Result<u32> {
-        let (_, entry) = self.process(id, exec_id).await?;
+        let (container, entry) = self.process(id, exec_id).await?;
         if entry.process.status() != Status::Created {
             return Err(Error::FailedPrecondition(format!(
                 "process {id}/{exec_id} was already started"
@@ -295,6 +349,12 @@ impl Tasks {
         }
         let sandbox = self.sandbox().await?;
         let pid = if exec_id.is_empty() {
+            // Host-side, just before the container's process runs (see `hooks`).
+            container
+                .hooks
+                .run(HookKind::StartContainer, id, sandbox.vmm_pid, &container.bundle, &self.logger)
+                .await
+                .map_err(Error::Internal)?;
             let mut request = StartContainerRequest::new();
             request.container_id = id.to_string();
             sandbox
@@ -321,6 +381,11 @@ impl Tasks {
         };
         entry.process.set_running(pid);
         if exec_id.is_empty() {
+            // Before start returns (runtime spec); failures are only logged.
+            let _ = container
+                .hooks
+                .run(HookKind::Poststart, id, sandbox.vmm_pid, &container.bundle, &self.logger)
+                .await;
             self.emit(Event::Started { container_id: id.to_string(), pid });
         } else {
             self.emit(Event::ExecStarted {
@@ -464,6 +529,12 @@ impl Tasks {
             &self.logger,
         );
         self.containers.lock().await.remove(id);
+        // After the container is gone, before delete returns (runtime spec); failures are only
+        // logged.
+        let _ = container
+            .hooks
+            .run(HookKind::Poststop, id, sandbox.vmm_pid, &container.bundle, &self.logger)
+            .await;
         self.emit(Event::Deleted {
             container_id: id.to_string(),
             pid,

@@ -2,10 +2,11 @@
 //!
 //! A thin adapter: `service` answers containerd's shim lifecycle (start, delete, serve),
 //! `task_service` maps each Task API call onto `bazaar_runtime::tasks::Tasks`, `publisher`
-//! forwards the runtime's events to containerd, and `convert` translates between the two
+//! forwards the runtime's events to containerd (`events` maps them), and `convert` translates between the two
 //! vocabularies.
 
 mod convert;
+mod events;
 mod logger;
 mod publisher;
 mod service;

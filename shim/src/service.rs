@@ -108,7 +108,9 @@ impl Shim for Service {
             self.namespace.clone(),
             config,
             config_error,
-            publisher,
+            // Our own publisher on containerd's address: the crate's reorders events after a
+            // containerd restart (see `publisher`). Its idle queue task is left to itself.
+            &publisher.address,
             self.exit.clone(),
             logger,
         )

@@ -12,7 +12,6 @@ use containerd_shim::api::*;
 use containerd_shim::asynchronous::ExitSignal;
 use containerd_shim::protos::shim_async::Task;
 use containerd_shim::protos::types::task::ProcessInfo;
-use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{TtrpcContext, TtrpcResult};
 use slog::{debug, Logger};
 
@@ -32,12 +31,14 @@ impl TaskService {
         namespace: String,
         config: Config,
         config_error: Option<String>,
-        publisher: RemotePublisher,
+        events_address: &str,
         exit: Arc<ExitSignal>,
         logger: Logger,
     ) -> TaskService {
         let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(crate::publisher::forward(publisher, namespace, events_rx, logger.clone()));
+        let publisher =
+            crate::publisher::Publisher::new(events_address, &namespace, logger.clone());
+        tokio::spawn(publisher.forward(events_rx));
         let tasks = Arc::new(Tasks::new(&sandbox_id, config, logger.clone(), events_tx));
         TaskService { tasks, config_error, exit, logger }
     }

@@ -29,6 +29,7 @@ pub struct CtrRun<'a> {
     timeout: Duration,
     detach: bool,
     extra_flags: Vec<String>,
+    config: Option<std::path::PathBuf>,
 }
 
 impl<'a> CtrRun<'a> {
@@ -51,7 +52,15 @@ impl<'a> CtrRun<'a> {
             timeout,
             detach: false,
             extra_flags: Vec::new(),
+            config: None,
         }
+    }
+
+    /// `--config FILE`: the complete runtime spec (its root path a host directory); ctr then
+    /// uses no image, no snapshot and none of the spec flags, only the container id.
+    pub fn config(mut self, spec: &std::path::Path) -> Self {
+        self.config = Some(spec.to_path_buf());
+        self
     }
 
     /// The process to run (the image's `Cmd` when empty).
@@ -130,7 +139,10 @@ impl<'a> CtrRun<'a> {
             cmd.arg("--cwd").arg(dir);
         }
         cmd.args(&self.extra_flags);
-        cmd.arg(&self.image).arg(&self.id).args(&self.args);
+        match &self.config {
+            Some(spec) => cmd.arg("--config").arg(spec).arg(&self.id),
+            None => cmd.arg(&self.image).arg(&self.id).args(&self.args),
+        };
         cmd
     }
 

@@ -169,7 +169,8 @@ pub fn import(containerd: &PrivateContainerd, tarball: &Path) -> Result<()> {
     Ok(())
 }
 
-fn populate_rootfs(rootfs: &Path) -> Result<()> {
+/// Writes the image's files into `rootfs` (also a rootfs for `ctr run --config` specs).
+pub fn populate_rootfs(rootfs: &Path) -> Result<()> {
     for dir in ["bin", "etc", "dev", "proc", "sys", "root", "home/tester", "tmp", "var/tmp", "run"]
     {
         fs::create_dir_all(rootfs.join(dir))?;

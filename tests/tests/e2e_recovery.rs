@@ -2,7 +2,9 @@
 //!
 //! - containerd is stopped by its PID with SIGTERM and started again with the same config, root
 //!   and state ([`TestEnv::restart_containerd`]): the task must still be listed RUNNING, take
-//!   execs, ps and signals, and its exit must be reported, with events flowing again.
+//!   execs, ps and signals, and its exit must be reported, with events flowing again: complete
+//!   and in order (the exec's `exec-added`, `exec-started`, `exit`), which the shim's own
+//!   publisher guarantees across the restart (`shim/src/publisher.rs`).
 //! - The VM of a sandbox is SIGKILLed (the `qemu-system` process whose command line holds
 //!   `-name bazaar-<id>`): the task must be reported exited (a non-zero status), and `delete`
 //!   must remove everything (processes, mounts, sockets, state), which the leak check verifies.
@@ -39,15 +41,6 @@ fn name(scenario: &str, rt: Runtime) -> String {
 }
 
 fn survives_containerd_restart(rt: Runtime) {
-    if rt == Runtime::Bazaar {
-        // Known gap (issue 4): after a containerd restart the shim crate's event publisher
-        // resends the first event late, so /tasks/exec-added arrives after the exit events.
-        bazaar_tests::skip::skip(
-            "e2e_recovery::survives_containerd_restart::bazaar",
-            "KNOWN GAP: the first event after a containerd restart arrives late and out of order",
-        );
-        return;
-    }
     let Some(mut env) = TestEnv::start(&name("restart", rt), rt) else { return };
     let id = env.start_detached(env.run("survivor").args(["sleep", "600"]).detach());
     let before = env.task_status(&id);

@@ -495,6 +495,15 @@ impl Hypervisor for Qemu {
         result.context("stopping the VM")
     }
 
+    fn vmm_pid(&self) -> Option<u32> {
+        match &self.state {
+            State::Running(running) => {
+                running.children.qemu.as_ref().filter(|c| c.exited().is_none()).map(|c| c.pid)
+            }
+            State::Created | State::Stopped => None,
+        }
+    }
+
     fn processes(&self) -> Vec<ProcessRecord> {
         match &self.state {
             State::Running(running) => running
