@@ -171,7 +171,10 @@ fn resources_pids_and_metrics(rt: Runtime) {
 /// PAUSED, containerd hears /tasks/paused; resume thaws them, says RUNNING, /tasks/resumed.
 fn pause_and_resume(rt: Runtime) {
     let Some(env) = TestEnv::start(&name("pause", rt), rt) else { return };
-    let counter = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done";
+    // Written aside and renamed: a reader never sees the file truncated and empty.
+    let counter =
+        "i=0; while :; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; \
+         sleep 0.1; done";
     let id = env.start_detached(env.run("counter").args(["sh", "-c", counter]).detach());
     let events = env.watch_events();
     let mut n = 0;
