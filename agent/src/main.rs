@@ -32,6 +32,7 @@ mod error;
 mod init;
 mod logging;
 mod oom;
+mod ready;
 mod reaper;
 mod service;
 mod state;
@@ -134,6 +135,9 @@ async fn serve(config: Config, log: Logger) -> anyhow::Result<()> {
         .register_service(services);
     server.start().await.context("failed to start the ttrpc server")?;
     info!(log, "serving the agent API"; "listen" => &config.listen);
+    if config.listen.starts_with("vsock://") {
+        ready::announce(log.clone());
+    }
 
     if config.pid1 {
         // PID 1 never returns: the VM ends when DestroySandbox reboots it.

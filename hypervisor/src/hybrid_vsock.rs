@@ -3,20 +3,16 @@
 //! from then on the stream is the guest connection.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
+use tokio::net::{UnixListener, UnixStream};
 use tokio::time::{sleep, timeout_at, Instant};
 
-/// Pause between attempts while the guest is not listening yet. Short: the agent is usually
-/// up a few ms after its first refusal, and a refused attempt costs the guest little (one
-/// request and one reset packet; before the vsock driver is up an attempt just waits).
-const RETRY_INTERVAL: Duration = Duration::from_millis(10);
-/// Upper bound for one handshake: a guest whose vsock driver is not up yet leaves the request
-/// unanswered, so a stuck attempt is abandoned and retried.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Pause between attempts when the guest refused one. Callers connect once the guest said it
+/// listens ([`ReadyListener`]), so a retry is the exception.
+const RETRY_INTERVAL: Duration = Duration::from_millis(50);
 /// The longest reply line accepted (`OK 4294967295\n` is 14 bytes).
 const MAX_REPLY: usize = 64;
 
@@ -37,6 +33,9 @@ pub enum ConnectError {
         port: u32,
         reason: String,
     },
+    /// The guest did not make its ready connection ([`ReadyListener`]).
+    #[error("hybrid vsock {socket}: the guest did not report ready: {reason}")]
+    NotReady { socket: String, reason: String },
 }
 
 /// Why one attempt failed, and whether another attempt may succeed.
@@ -74,8 +73,9 @@ pub async fn connect(
     let deadline = Instant::now() + timeout;
     let mut last: String;
     loop {
-        let attempt_deadline = deadline.min(Instant::now() + ATTEMPT_TIMEOUT);
-        match timeout_at(attempt_deadline, attempt(socket, port)).await {
+        // A pending attempt is never abandoned: vhost-device-vsock 0.3 panics when it answers
+        // a CONNECT whose host end has gone.
+        match timeout_at(deadline, attempt(socket, port)).await {
             Ok(Ok(stream)) => return Ok(stream),
             Ok(Err(err)) if !err.retry => {
                 return Err(ConnectError::Failed {
@@ -86,8 +86,7 @@ pub async fn connect(
             }
             Ok(Err(err)) => last = err.reason,
             Err(_) => {
-                last = "no answer to the CONNECT request (the guest vsock driver may not be up yet)"
-                    .into()
+                last = "no answer to the CONNECT request (is the vsock backend alive?)".into()
             }
         }
         if Instant::now() + RETRY_INTERVAL >= deadline {
@@ -99,6 +98,45 @@ pub async fn connect(
             });
         }
         sleep(RETRY_INTERVAL).await;
+    }
+}
+
+/// The host end of a guest-initiated connection to host `port`: vhost-device-vsock (and
+/// Firecracker) forward it to the Unix socket `<hybrid socket>_<port>`. Used as a readiness
+/// signal: the guest connects once it listens, which also proves that its vsock driver and the
+/// backend are up. The socket file is removed on drop.
+pub struct ReadyListener {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl ReadyListener {
+    /// Listens for guest connections to host `port` of the VM whose hybrid socket is `socket`.
+    /// Must be bound before the guest can connect, i.e. before the VM starts.
+    pub fn bind(socket: &Path, port: u32) -> io::Result<ReadyListener> {
+        let mut name = socket.as_os_str().to_owned();
+        name.push(format!("_{port}"));
+        let path = PathBuf::from(name);
+        // A file left by a crashed earlier sandbox of the same id would make bind fail.
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path)?;
+        Ok(ReadyListener { listener, path })
+    }
+
+    /// Waits (at most `limit`) for the guest to connect; the connection itself is dropped.
+    pub async fn wait(&self, limit: Duration) -> Result<(), ConnectError> {
+        let reason = match tokio::time::timeout(limit, self.listener.accept()).await {
+            Ok(Ok(_connection)) => return Ok(()),
+            Ok(Err(err)) => format!("accepting its connection failed: {err}"),
+            Err(_) => format!("no connection within {limit:?} (did the agent start?)"),
+        };
+        Err(ConnectError::NotReady { socket: self.path.display().to_string(), reason })
+    }
+}
+
+impl Drop for ReadyListener {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -248,5 +286,27 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, ConnectError::Failed { .. }), "{err}");
         assert!(err.to_string().contains("NOPE"));
+    }
+
+    #[tokio::test]
+    async fn ready_listener_takes_the_guests_connection_and_cleans_up() {
+        let dir = std::env::temp_dir().join(format!("bazaar-ready-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let hybrid = dir.join("vsock.sock");
+        let ready = ReadyListener::bind(&hybrid, 1025).unwrap();
+        let expected = dir.join("vsock.sock_1025");
+        assert!(expected.exists(), "the backend connects to <uds>_<port>");
+        // The backend's side of a guest connection to host port 1025.
+        let _guest = UnixStream::connect(&expected).await.unwrap();
+        ready.wait(Duration::from_secs(5)).await.unwrap();
+        drop(ready);
+        assert!(!expected.exists(), "the socket file is removed on drop");
+
+        // Nobody connects: a clear error, in time.
+        let ready = ReadyListener::bind(&hybrid, 1025).unwrap();
+        let err = ready.wait(Duration::from_millis(100)).await.unwrap_err();
+        assert!(err.to_string().contains("did not report ready"), "{err}");
+        drop(ready);
+        std::fs::remove_dir(&dir).unwrap();
     }
 }

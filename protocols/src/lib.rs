@@ -29,4 +29,10 @@ pub const AGENT_API_VERSION: u32 = 1;
 /// The vsock port the agent listens on inside the guest.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 
+/// The host vsock port the agent connects to once it serves, to say so. The host connects to
+/// the agent only after that: a hybrid-vsock `CONNECT` that races the guest's vsock driver can
+/// stop vhost-device-vsock for good, and a guest-initiated connection proves the driver and the
+/// backend are up. With hybrid vsock the host listens on the Unix socket `<uds path>_<port>`.
+pub const AGENT_READY_PORT: u32 = 1025;
+
 pub use ttrpc;

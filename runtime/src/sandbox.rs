@@ -4,10 +4,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use bazaar_hypervisor::hybrid_vsock::ReadyListener;
 use bazaar_hypervisor::qemu::{Qemu, QemuPaths};
 use bazaar_hypervisor::{Device, Hypervisor, VmConfig};
 use bazaar_protocols::agent::{CreateSandboxRequest, DestroySandboxRequest};
 use bazaar_protocols::agent_ttrpc::AgentServiceClient;
+use bazaar_protocols::AGENT_READY_PORT;
 use slog::{info, warn, Logger};
 use tokio::sync::Mutex;
 
@@ -172,6 +174,9 @@ async fn boot(
         tag: SHARED_FS_TAG.to_string(),
         host_dir: shared_dir.to_path_buf(),
     })?;
+    // Bound before the VM starts: the agent connects to it as soon as it serves.
+    let ready = ReadyListener::bind(&hypervisor.agent_socket(), AGENT_READY_PORT)
+        .context("listening for the guest agent's ready connection")?;
     let started = std::time::Instant::now();
     hypervisor.start().await.context("starting the sandbox VM")?;
     state::save(
@@ -186,6 +191,19 @@ async fn boot(
         "elapsed_ms" => started.elapsed().as_millis() as u64);
 
     let timeout = Duration::from_secs(config.runtime.agent_timeout_secs);
+    // A VM that ends while booting (a bad kernel, a guest panic) fails now, not at the timeout.
+    let mut exit = hypervisor.exit_receiver();
+    tokio::select! {
+        result = ready.wait(timeout) => result.context("guest agent did not come up")?,
+        Ok(ended) = exit.wait_for(Option::is_some) => {
+            return Err(anyhow::anyhow!(
+                "the sandbox VM ended while booting ({:?}) before its agent came up",
+                *ended
+            )
+            .into());
+        }
+    }
+    drop(ready);
     let agent = agent_client::connect(&hypervisor.agent_socket(), timeout, logger).await?;
     let mut request = CreateSandboxRequest::new();
     request.sandbox_id = id.to_string();
