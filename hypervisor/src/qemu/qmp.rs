@@ -18,9 +18,7 @@ impl Qmp {
     /// Connects, reads the greeting and leaves capability negotiation mode.
     pub async fn connect(socket: &Path, limit: Duration) -> Result<Qmp> {
         timeout(limit, async {
-            let stream = UnixStream::connect(socket)
-                .await
-                .with_context(|| format!("connecting to QMP socket {}", socket.display()))?;
+            let stream = connect_when_listening(socket).await?;
             let mut qmp = Qmp {
                 reader: BufReader::new(stream),
             };
@@ -92,6 +90,23 @@ impl Qmp {
         serde_json::from_str(line.trim())
             .map(Some)
             .with_context(|| format!("unparsable QMP message {line:?}"))
+    }
+}
+
+/// Connects to QEMU's QMP socket. QEMU creates the socket file (`bind`) a moment before it
+/// listens, so a refused connection is retried briefly (the caller bounds the whole wait).
+async fn connect_when_listening(socket: &Path) -> Result<UnixStream> {
+    loop {
+        match UnixStream::connect(socket).await {
+            Ok(stream) => return Ok(stream),
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(err) => {
+                return Err(err)
+                    .with_context(|| format!("connecting to QMP socket {}", socket.display()))
+            }
+        }
     }
 }
 
