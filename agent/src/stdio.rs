@@ -85,8 +85,8 @@ impl ProcessIo {
             let null = File::open("/dev/null").context("failed to open /dev/null")?;
             (OwnedFd::from(null), None)
         };
-        let (stdout_ours, stdout_child) = pipe()?;
-        let (stderr_ours, stderr_child) = pipe()?;
+        let (stdout_ours, stdout_child) = output_pipe()?;
+        let (stderr_ours, stderr_child) = output_pipe()?;
         let io = ProcessIo {
             stdin: Mutex::new(stdin_ours),
             stdout: Mutex::new(AsyncStream::new(stdout_ours)?),
@@ -157,6 +157,18 @@ pub enum StdioError {
 
 fn pipe() -> anyhow::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(OFlag::O_CLOEXEC).context("failed to create a pipe")
+}
+
+/// Capacity asked for output pipes: each ReadStdout round trip to the host costs milliseconds
+/// under emulation, so one read should move much more than the default 64 KiB.
+const OUTPUT_PIPE_SIZE: libc::c_int = 1 << 20;
+
+/// A pipe for stdout or stderr, enlarged to [`OUTPUT_PIPE_SIZE`] where the kernel allows it
+/// (best effort: the default size works, only slower).
+fn output_pipe() -> anyhow::Result<(OwnedFd, OwnedFd)> {
+    let (read, write) = pipe()?;
+    let _ = nix::fcntl::fcntl(&read, nix::fcntl::FcntlArg::F_SETPIPE_SZ(OUTPUT_PIPE_SIZE));
+    Ok((read, write))
 }
 
 /// A non-blocking fd (pipe end or terminal master) driven by tokio.

@@ -20,7 +20,9 @@ use tokio::task::JoinHandle;
 
 use crate::agent_client::{deadline, no_deadline, CONTROL_CALL_TIMEOUT};
 
-const CHUNK: u32 = 64 * 1024;
+/// Largest read asked of the guest per ReadStdout/ReadStderr (the agent's pipes hold 1 MiB):
+/// every round trip costs milliseconds under emulation.
+const CHUNK: u32 = 1 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputStream {
