@@ -1,0 +1,140 @@
+//! Kubernetes pods through containerd's CRI plugin (`runtime.v1` over gRPC, as the kubelet
+//! calls it), with the runtime handler `runc` (the reference) and `bazaar` (one VM per pod):
+//! RunPodSandbox, two busybox containers in the pod, ExecSync (output, exit code, timeout),
+//! ContainerStatus, the CRI log file, StopPodSandbox and RemovePodSandbox; then the leak check,
+//! which here also covers the pod's network namespace, veth and cgroups.
+
+use std::time::{Duration, Instant};
+
+use bazaar_tests::cri::api::ContainerState;
+use bazaar_tests::cri::pods::{processes_of_test, Pods};
+use bazaar_tests::cri::setup::{BAZAAR_HANDLER, RUNC_HANDLER};
+use bazaar_tests::fixture::{Runtime, TestEnv};
+
+macro_rules! both_runtimes {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[test]
+            fn bazaar() {
+                super::$scenario(bazaar_tests::fixture::Runtime::Bazaar)
+            }
+            #[test]
+            fn runc() {
+                super::$scenario(bazaar_tests::fixture::Runtime::Runc)
+            }
+        }
+    )*};
+}
+
+both_runtimes!(pod_lifecycle);
+
+fn handler(rt: Runtime) -> &'static str {
+    match rt {
+        Runtime::Runc => RUNC_HANDLER,
+        Runtime::Bazaar => BAZAAR_HANDLER,
+    }
+}
+
+/// ExecSync that must succeed; returns stdout.
+#[track_caller]
+fn exec_ok(pods: &Pods<'_>, env: &TestEnv, id: &str, cmd: &[&str]) -> String {
+    let reply = match pods.exec_sync(id, cmd, 30) {
+        Ok(reply) => reply,
+        Err(err) => panic!("ExecSync {cmd:?}: {err:#}\ncontainerd's log:\n{}", env.log_tail()),
+    };
+    let stdout = String::from_utf8_lossy(&reply.stdout).into_owned();
+    assert_eq!(
+        reply.exit_code,
+        0,
+        "ExecSync {cmd:?}: stdout {stdout:?} stderr {:?}",
+        String::from_utf8_lossy(&reply.stderr)
+    );
+    stdout
+}
+
+fn pod_lifecycle(rt: Runtime) {
+    let name = format!("e2e_cri_pod-lifecycle-{rt:?}").to_lowercase();
+    let Some(env) = TestEnv::builder(&name, rt).cri().start() else { return };
+    let pods = env.cri();
+    let pod = pods.run_pod("web", handler(rt));
+    assert!(pods.list_pods().contains(&pod.id));
+
+    let a = pods.create_container(&pod, "a", &["sh", "-c", "echo hello-from-a; exec sleep 1000"]);
+    let b =
+        pods.create_container(&pod, "b", &["sh", "-c", "echo hello-from-b >&2; exec sleep 1000"]);
+    pods.start_container(&a);
+    pods.start_container(&b);
+    for id in [&a, &b] {
+        let status = pods.container_status(id);
+        assert_eq!(status.state, ContainerState::ContainerRunning as i32, "{status:?}");
+    }
+    assert_eq!(pods.list_containers(&pod.id).len(), 2);
+
+    // ExecSync: output on both streams and the exit code.
+    let reply = pods
+        .exec_sync(&a, &["sh", "-c", "echo out; echo err >&2; exit 3"], 30)
+        .unwrap_or_else(|err| panic!("ExecSync: {err:#}\n{}", env.log_tail()));
+    assert_eq!(String::from_utf8_lossy(&reply.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&reply.stderr), "err\n");
+    assert_eq!(reply.exit_code, 3);
+
+    // ExecSync's timeout ends the call; the container lives on.
+    let started = Instant::now();
+    let timed_out = pods.exec_sync(&b, &["sleep", "60"], 2);
+    assert!(timed_out.is_err(), "an exec past its timeout must fail: {timed_out:?}");
+    assert!(started.elapsed() < Duration::from_secs(40), "took {:?}", started.elapsed());
+    assert_eq!(exec_ok(&pods, &env, &b, &["echo", "alive"]), "alive\n");
+
+    // One pod: the containers share the pod's hostname and network namespace and, under
+    // Bazaar, one guest kernel (one boot id, not the host's).
+    let host_boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let boot_cmd = ["cat", "/proc/sys/kernel/random/boot_id"];
+    let (boot_a, boot_b) =
+        (exec_ok(&pods, &env, &a, &boot_cmd), exec_ok(&pods, &env, &b, &boot_cmd));
+    assert_eq!(boot_a, boot_b, "the pod's containers run on different kernels");
+    match rt {
+        Runtime::Runc => assert_eq!(boot_a, host_boot),
+        Runtime::Bazaar => assert_ne!(boot_a, host_boot, "a Bazaar pod ran on the host kernel"),
+    }
+    for id in [&a, &b] {
+        assert_eq!(exec_ok(&pods, &env, id, &["hostname"]), "web\n");
+    }
+    let net_cmd = ["readlink", "/proc/self/ns/net"];
+    assert_eq!(exec_ok(&pods, &env, &a, &net_cmd), exec_ok(&pods, &env, &b, &net_cmd));
+
+    // One shim for the pod and, under Bazaar, one VM.
+    let token = env.token();
+    let shim = match rt {
+        Runtime::Runc => "containerd-shim-runc-v2",
+        Runtime::Bazaar => "containerd-shim-bazaar-v2",
+    };
+    let shims = processes_of_test(&token, shim);
+    assert_eq!(shims.len(), 1, "one shim per pod: {shims:?}");
+    let vms = processes_of_test(&token, "qemu-system");
+    assert_eq!(vms.len(), if rt == Runtime::Bazaar { 1 } else { 0 }, "{vms:?}");
+
+    // The containers' output reaches the CRI log files, in the CRI log format.
+    for (id, stream, line) in [(&a, "stdout", "hello-from-a"), (&b, "stderr", "hello-from-b")] {
+        let path = pods.container_status(id).log_path;
+        let expect = format!(" {stream} F {line}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.lines().any(|l| l.ends_with(&expect)) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{path}: no line ending {expect:?} in {text:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pods.stop_pod(&pod.id);
+    for id in [&a, &b] {
+        let status = pods.container_status(id);
+        assert_eq!(status.state, ContainerState::ContainerExited as i32, "{status:?}");
+    }
+    pods.remove_pod(&pod.id);
+    assert!(pods.list_pods().is_empty());
+    drop(pods);
+    env.finish();
+}
