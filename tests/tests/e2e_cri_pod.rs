@@ -99,8 +99,16 @@ fn pod_lifecycle(rt: Runtime) {
     for id in [&a, &b] {
         assert_eq!(exec_ok(&pods, &env, id, &["hostname"]), "web\n");
     }
-    let net_cmd = ["readlink", "/proc/self/ns/net"];
-    assert_eq!(exec_ok(&pods, &env, &a, &net_cmd), exec_ok(&pods, &env, &b, &net_cmd));
+    // The pod's shared namespaces (CRI's NamespaceMode POD) are one for both containers.
+    for ns in ["net", "ipc", "uts"] {
+        let path = format!("/proc/self/ns/{ns}");
+        let cmd = ["readlink", path.as_str()];
+        let (in_a, in_b) = (exec_ok(&pods, &env, &a, &cmd), exec_ok(&pods, &env, &b, &cmd));
+        assert_eq!(in_a, in_b, "the pod's containers have different {ns} namespaces");
+    }
+    // The exec that timed out was killed, not left running.
+    let ps = exec_ok(&pods, &env, &b, &["ps", "-o", "args"]);
+    assert!(!ps.contains("sleep 60"), "the timed-out exec still runs:\n{ps}");
 
     // One shim for the pod and, under Bazaar, one VM.
     let token = env.token();
