@@ -26,7 +26,7 @@ macro_rules! both_runtimes {
     )*};
 }
 
-both_runtimes!(pod_lifecycle);
+both_runtimes!(pod_lifecycle, containers_end_and_go);
 
 fn handler(rt: Runtime) -> &'static str {
     match rt {
@@ -50,6 +50,23 @@ fn exec_ok(pods: &Pods<'_>, env: &TestEnv, id: &str, cmd: &[&str]) -> String {
         String::from_utf8_lossy(&reply.stderr)
     );
     stdout
+}
+
+/// Waits until the CRI log file of container `id` (the path ContainerStatus gives) holds `line`
+/// on `stream`, in the CRI format: `<RFC 3339 time> <stream> F <line>`.
+#[track_caller]
+fn wait_for_log_line(pods: &Pods<'_>, id: &str, stream: &str, line: &str) {
+    let path = pods.container_status(id).log_path;
+    let expect = format!(" {stream} F {line}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.lines().any(|l| l.ends_with(&expect)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{path}: no line ending {expect:?} in {text:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn pod_lifecycle(rt: Runtime) {
@@ -122,19 +139,8 @@ fn pod_lifecycle(rt: Runtime) {
     assert_eq!(vms.len(), if rt == Runtime::Bazaar { 1 } else { 0 }, "{vms:?}");
 
     // The containers' output reaches the CRI log files, in the CRI log format.
-    for (id, stream, line) in [(&a, "stdout", "hello-from-a"), (&b, "stderr", "hello-from-b")] {
-        let path = pods.container_status(id).log_path;
-        let expect = format!(" {stream} F {line}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            if text.lines().any(|l| l.ends_with(&expect)) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{path}: no line ending {expect:?} in {text:?}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
+    wait_for_log_line(&pods, &a, "stdout", "hello-from-a");
+    wait_for_log_line(&pods, &b, "stderr", "hello-from-b");
 
     pods.stop_pod(&pod.id);
     for id in [&a, &b] {
@@ -143,6 +149,53 @@ fn pod_lifecycle(rt: Runtime) {
     }
     pods.remove_pod(&pod.id);
     assert!(pods.list_pods().is_empty());
+    drop(pods);
+    env.finish();
+}
+
+/// Containers ending inside a running pod: one exits by itself (its exit code reaches
+/// ContainerStatus), one ignores SIGTERM and is killed when StopContainer's grace runs out; both
+/// are removed while the pod (and, under Bazaar, its VM) lives on and still runs a new one.
+fn containers_end_and_go(rt: Runtime) {
+    let name = format!("e2e_cri_pod-end-{rt:?}").to_lowercase();
+    let Some(env) = TestEnv::builder(&name, rt).cri().start() else { return };
+    let pods = env.cri();
+    let pod = pods.run_pod("ends", handler(rt));
+
+    let exits = pods.create_container(&pod, "exits", &["sh", "-c", "echo bye; exit 3"]);
+    // An ignored SIGTERM survives exec: only the SIGKILL after the grace period ends it.
+    let stubborn = pods.create_container(
+        &pod,
+        "stubborn",
+        &["sh", "-c", "trap '' TERM; echo ready; exec sleep 1000"],
+    );
+    pods.start_container(&exits);
+    pods.start_container(&stubborn);
+    let status =
+        pods.wait_for_state(&exits, ContainerState::ContainerExited, Duration::from_secs(60));
+    assert_eq!(status.exit_code, 3, "{status:?}");
+
+    wait_for_log_line(&pods, &stubborn, "stdout", "ready");
+    let started = Instant::now();
+    pods.stop_container(&stubborn, 2);
+    let status = pods.container_status(&stubborn);
+    assert_eq!(status.state, ContainerState::ContainerExited as i32, "{status:?}");
+    assert_eq!(status.exit_code, 137, "killed after the grace period: {status:?}");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(30), "took {took:?}");
+
+    pods.remove_container(&exits);
+    pods.remove_container(&stubborn);
+    assert!(pods.list_containers(&pod.id).is_empty());
+
+    let again = pods.create_container(&pod, "again", &["sleep", "1000"]);
+    pods.start_container(&again);
+    assert_eq!(exec_ok(&pods, &env, &again, &["echo", "still here"]), "still here\n");
+    let vms = processes_of_test(&env.token(), "qemu-system");
+    assert_eq!(vms.len(), if rt == Runtime::Bazaar { 1 } else { 0 }, "{vms:?}");
+
+    pods.stop_pod(&pod.id);
+    pods.remove_pod(&pod.id);
     drop(pods);
     env.finish();
 }

@@ -245,6 +245,46 @@ impl<'a> Pods<'a> {
         self.ok(self.client.call("StartContainer", SLOW_CALL, rs.start_container(request)));
     }
 
+    /// StopContainer: SIGTERM (the image's stop signal), SIGKILL after `timeout_secs`.
+    #[track_caller]
+    pub fn stop_container(&self, id: &str, timeout_secs: i64) {
+        let request =
+            api::StopContainerRequest { container_id: id.to_string(), timeout: timeout_secs };
+        let mut rs = self.client.runtime_service();
+        let deadline = CALL + Duration::from_secs(timeout_secs.max(0) as u64);
+        self.ok(self.client.call("StopContainer", deadline, rs.stop_container(request)));
+    }
+
+    #[track_caller]
+    pub fn remove_container(&self, id: &str) {
+        let request = api::RemoveContainerRequest { container_id: id.to_string() };
+        let mut rs = self.client.runtime_service();
+        self.ok(self.client.call("RemoveContainer", CALL, rs.remove_container(request)));
+    }
+
+    /// Polls ContainerStatus until the container is in `state`; fails the test otherwise.
+    #[track_caller]
+    pub fn wait_for_state(
+        &self,
+        id: &str,
+        state: api::ContainerState,
+        timeout: Duration,
+    ) -> api::ContainerStatus {
+        let start = std::time::Instant::now();
+        loop {
+            let status = self.container_status(id);
+            if status.state == state as i32 {
+                return status;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "container {id} not {state:?} after {timeout:?}: {status:?}\n{}",
+                self.env.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// ExecSync with CRI's own `timeout` (seconds, 0 = none); the call's deadline is longer.
     pub fn exec_sync(
         &self,
