@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use bazaar_tests::cri::api::ContainerState;
+use bazaar_tests::cri::api::{ContainerState, PodSandboxState};
 use bazaar_tests::cri::pods::{processes_of_test, Pods};
 use bazaar_tests::cri::setup::{BAZAAR_HANDLER, RUNC_HANDLER};
 use bazaar_tests::fixture::{Runtime, TestEnv};
@@ -86,6 +86,13 @@ fn pod_lifecycle(rt: Runtime) {
         assert_eq!(status.state, ContainerState::ContainerRunning as i32, "{status:?}");
     }
     assert_eq!(pods.list_containers(&pod.id).len(), 2);
+    let pod_status = pods.pod_status(&pod.id);
+    assert_eq!(pod_status.state, PodSandboxState::SandboxReady as i32, "{pod_status:?}");
+    let ip = pod_status.network.as_ref().map(|n| n.ip.clone()).unwrap_or_default();
+    assert!(
+        ip.starts_with("10.251."),
+        "the pod has no address on the test network: {pod_status:?}"
+    );
 
     // ExecSync: output on both streams and the exit code.
     let reply = pods
@@ -126,6 +133,15 @@ fn pod_lifecycle(rt: Runtime) {
     // The exec that timed out was killed, not left running.
     let ps = exec_ok(&pods, &env, &b, &["ps", "-o", "args"]);
     assert!(!ps.contains("sleep 60"), "the timed-out exec still runs:\n{ps}");
+
+    // The kubelet's resource figures: memory in use and CPU time, per container and per pod.
+    for id in [&a, &b] {
+        let stats = pods.container_stats(id);
+        let memory = stats.memory.and_then(|m| m.working_set_bytes).map(|v| v.value);
+        assert!(memory.unwrap_or(0) > 0, "no memory figure for {id}: {memory:?}");
+        assert!(stats.cpu.and_then(|c| c.usage_core_nano_seconds).is_some(), "no CPU figure");
+    }
+    assert_eq!(pods.list_container_stats(&pod.id).len(), 2);
 
     // One shim for the pod and, under Bazaar, one VM.
     let token = env.token();

@@ -321,6 +321,27 @@ impl<'a> Pods<'a> {
         self.ok(reply.status.context("PodSandboxStatus returned no status"))
     }
 
+    /// ContainerStats: CPU and memory as the kubelet reads them.
+    #[track_caller]
+    pub fn container_stats(&self, id: &str) -> api::ContainerStats {
+        let request = api::ContainerStatsRequest { container_id: id.to_string() };
+        let mut rs = self.client.runtime_service();
+        let reply = self.ok(self.client.call("ContainerStats", CALL, rs.container_stats(request)));
+        self.ok(reply.stats.context("ContainerStats returned no stats"))
+    }
+
+    /// ListContainerStats of pod `pod_id`.
+    #[track_caller]
+    pub fn list_container_stats(&self, pod_id: &str) -> Vec<api::ContainerStats> {
+        let filter =
+            api::ContainerStatsFilter { pod_sandbox_id: pod_id.to_string(), ..Default::default() };
+        let request = api::ListContainerStatsRequest { filter: Some(filter) };
+        let mut rs = self.client.runtime_service();
+        let reply =
+            self.ok(self.client.call("ListContainerStats", CALL, rs.list_container_stats(request)));
+        reply.stats
+    }
+
     /// ListContainers of pod `pod_id`.
     #[track_caller]
     pub fn list_containers(&self, pod_id: &str) -> Vec<api::Container> {
