@@ -2,13 +2,16 @@
 //!
 //! Host paths mean nothing inside the VM. The rootfs and every bind-mount source are made
 //! visible through the virtio-fs share, so their paths are rewritten to where the share is
-//! mounted in the guest; namespace paths (host network namespaces and the like) are dropped
-//! because the guest has its own; hooks are not carried into the guest.
+//! mounted in the guest; a namespace to join (a `path`: under CRI, the pod's network namespace
+//! and the pause container's IPC and UTS ones) becomes the VM's own namespace of that type,
+//! `/proc/1/ns/<type>` in the guest: the VM is the pod, so the pod's shared namespaces are the
+//! ones the guest's PID 1 holds, which the agent keeps such a container in. Hooks are not
+//! carried into the guest.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use oci_spec::runtime::{LinuxNamespace, Mount, Spec};
+use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, Mount, Spec};
 
 /// Where the agent mounts the shared filesystem in the guest.
 pub const GUEST_SHARED_DIR: &str = "/run/bazaar/shared";
@@ -46,6 +49,21 @@ fn is_readonly(mount: &Mount) -> bool {
     mount.options().as_ref().is_some_and(|opts| opts.iter().any(|o| o == "ro"))
 }
 
+/// The guest's own namespace of type `typ`: the one its PID 1 (the agent) is in.
+fn vm_namespace_path(typ: LinuxNamespaceType) -> PathBuf {
+    let name = match typ {
+        LinuxNamespaceType::Network => "net",
+        LinuxNamespaceType::Mount => "mnt",
+        LinuxNamespaceType::Ipc => "ipc",
+        LinuxNamespaceType::Uts => "uts",
+        LinuxNamespaceType::Pid => "pid",
+        LinuxNamespaceType::Cgroup => "cgroup",
+        LinuxNamespaceType::User => "user",
+        LinuxNamespaceType::Time => "time",
+    };
+    Path::new("/proc/1/ns").join(name)
+}
+
 /// Rewrites `spec` for the guest. `bundle` resolves a relative bind source the way runc does.
 pub fn for_guest(mut spec: Spec, container_id: &str, bundle: &Path) -> Result<GuestSpec> {
     let guest_root = Path::new(GUEST_SHARED_DIR).join(shared_rootfs_relative(container_id));
@@ -78,14 +96,22 @@ pub fn for_guest(mut spec: Spec, container_id: &str, bundle: &Path) -> Result<Gu
 
     if let Some(mut linux) = spec.linux().clone() {
         if let Some(namespaces) = linux.namespaces().clone() {
-            let own: Vec<LinuxNamespace> = namespaces
+            // Host paths (and the host pids in them) mean nothing in the guest: keep only that
+            // the namespace is shared, pointing at the VM's.
+            let rewritten: Vec<LinuxNamespace> = namespaces
                 .into_iter()
                 .map(|mut ns| {
-                    ns.set_path(None);
+                    if ns.path().is_some() {
+                        // A container always gets a mount namespace of its own in the guest
+                        // (its rootfs is set up there); the others are the VM's.
+                        let shared = (ns.typ() != LinuxNamespaceType::Mount)
+                            .then(|| vm_namespace_path(ns.typ()));
+                        ns.set_path(shared);
+                    }
                     ns
                 })
                 .collect();
-            linux.set_namespaces(Some(own));
+            linux.set_namespaces(Some(rewritten));
         }
         spec.set_linux(Some(linux));
     }
@@ -152,11 +178,12 @@ mod tests {
     }
 
     #[test]
-    fn host_namespace_paths_are_dropped() {
+    fn joined_namespaces_become_the_vms() {
         let guest = for_guest(spec_from(SPEC), "c1", Path::new("/bundle")).unwrap();
         let namespaces = guest.spec.linux().clone().unwrap().namespaces().clone().unwrap();
-        assert!(namespaces.iter().all(|ns| ns.path().is_none()));
         assert_eq!(namespaces.len(), 2);
+        assert_eq!(namespaces[0].path(), &None, "a new namespace stays new");
+        assert_eq!(namespaces[1].path(), &Some(PathBuf::from("/proc/1/ns/net")));
     }
 
     #[test]

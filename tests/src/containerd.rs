@@ -17,9 +17,12 @@ use crate::tempdir::TempDir;
 /// The containerd namespace every test uses.
 pub const NAMESPACE: &str = "default";
 
+/// containerd's CRI plugin: disabled unless a test drives pods ([`Options::cri`]).
+pub const CRI_PLUGIN: &str = "io.containerd.grpc.v1.cri";
+
 /// Plugins the tests do not need; leaving them out makes containerd start faster.
 const DISABLED_PLUGINS: &[&str] = &[
-    "io.containerd.grpc.v1.cri",
+    CRI_PLUGIN,
     "io.containerd.snapshotter.v1.aufs",
     "io.containerd.snapshotter.v1.btrfs",
     "io.containerd.snapshotter.v1.devmapper",
@@ -38,6 +41,8 @@ pub struct Options {
     pub path_prepend: Vec<PathBuf>,
     /// Extra environment for containerd, and so for every shim it starts.
     pub env: Vec<(String, String)>,
+    /// Enables the CRI plugin with these settings (its CNI config is written before start).
+    pub cri: Option<crate::cri::setup::CriSettings>,
 }
 
 pub struct PrivateContainerd {
@@ -57,7 +62,12 @@ impl PrivateContainerd {
     /// Starts a containerd whose files all live in `dir` (which it then owns).
     pub fn start_in(dir: TempDir, options: &Options) -> Result<Self> {
         let config_path = dir.path().join("containerd.toml");
-        std::fs::write(&config_path, config_toml(dir.path()))
+        let mut config = config_toml(dir.path(), options.cri.is_some());
+        if let Some(cri) = &options.cri {
+            cri.network.write()?;
+            config.push_str(&cri.containerd_toml());
+        }
+        std::fs::write(&config_path, config)
             .with_context(|| format!("cannot write {}", config_path.display()))?;
         let log_path = dir.path().join("containerd.log");
         let log = File::create(&log_path)?;
@@ -170,8 +180,13 @@ impl PrivateContainerd {
 
     /// Runs `ctr <args>` against this containerd.
     pub fn ctr(&self, args: &[&str], timeout: Duration) -> Result<Output> {
-        let mut cmd = self.ctr_command();
-        cmd.args(args);
+        self.ctr_in(NAMESPACE, args, timeout)
+    }
+
+    /// Runs `ctr <args>` in containerd namespace `namespace` (the CRI plugin's is `k8s.io`).
+    pub fn ctr_in(&self, namespace: &str, args: &[&str], timeout: Duration) -> Result<Output> {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address").arg(self.socket()).arg("--namespace").arg(namespace).args(args);
         process::run(cmd, None, timeout)
     }
 
@@ -228,10 +243,15 @@ impl Drop for PrivateContainerd {
     }
 }
 
-/// containerd's configuration for a private instance living in `dir`.
-pub fn config_toml(dir: &Path) -> String {
+/// containerd's configuration for a private instance living in `dir`; `with_cri` leaves the CRI
+/// plugin enabled (its own section is appended by the caller).
+pub fn config_toml(dir: &Path, with_cri: bool) -> String {
     let d = dir.display();
-    let disabled: Vec<String> = DISABLED_PLUGINS.iter().map(|p| format!("\"{p}\"")).collect();
+    let disabled: Vec<String> = DISABLED_PLUGINS
+        .iter()
+        .filter(|p| !(with_cri && **p == CRI_PLUGIN))
+        .map(|p| format!("\"{p}\""))
+        .collect();
     format!(
         r#"# Private containerd for Bazaar tests: nothing here is shared with a system containerd.
 version = 2
@@ -325,13 +345,14 @@ mod tests {
 
     #[test]
     fn config_keeps_everything_in_the_dir() {
-        let text = config_toml(Path::new("/tmp/bzt-abc"));
+        let text = config_toml(Path::new("/tmp/bzt-abc"), false);
         assert!(text.contains("version = 2\n"));
         assert!(text.contains("root = \"/tmp/bzt-abc/root\""));
         assert!(text.contains("state = \"/tmp/bzt-abc/state\""));
         assert!(text.contains("address = \"/tmp/bzt-abc/containerd.sock\""));
         assert!(text.contains("address = \"/tmp/bzt-abc/containerd.sock.ttrpc\""));
         assert!(text.contains("\"io.containerd.grpc.v1.cri\""));
+        assert!(!config_toml(Path::new("/tmp/bzt-abc"), true).contains("grpc.v1.cri"));
         for line in text.lines().filter(|l| l.contains('/')) {
             assert!(line.contains("/tmp/bzt-abc/") || line.starts_with('#'), "{line}");
         }

@@ -73,9 +73,17 @@ pub struct Builder {
     runtime: Runtime,
     config: ConfigSource,
     needs_guest: bool,
+    cri: bool,
 }
 
 impl Builder {
+    /// Enables containerd's CRI plugin (pods through [`TestEnv::cri`]), with a CNI network and
+    /// the images in the plugin's namespace.
+    pub fn cri(mut self) -> Self {
+        self.cri = true;
+        self
+    }
+
     pub fn config(mut self, config: ConfigSource) -> Self {
         self.config = config;
         self
@@ -130,6 +138,8 @@ pub struct TestEnv {
     leak_check: LeakCheck,
     scope: Mutex<Scope>,
     config_path: Option<PathBuf>,
+    /// Set when the CRI plugin is enabled: what its teardown needs.
+    cri: Option<crate::cri::pods::CriEnv>,
     done: bool,
     _lock: SuiteLock,
 }
@@ -146,6 +156,7 @@ impl TestEnv {
             runtime,
             config: ConfigSource::Default,
             needs_guest: true,
+            cri: false,
         }
     }
 
@@ -155,7 +166,12 @@ impl TestEnv {
         let dir = TempDir::new("bzt")?;
         let token = dir.token();
 
-        let mut options = Options { path_prepend: vec![paths::shim_dir()], env: Vec::new() };
+        let cri = b.cri.then(|| crate::cri::pods::CriEnv::new(dir.path(), &token));
+        let mut options = Options {
+            path_prepend: vec![paths::shim_dir()],
+            env: Vec::new(),
+            cri: cri.as_ref().map(|c| c.settings.clone()),
+        };
         let config_path = match b.runtime {
             Runtime::Runc => None,
             Runtime::Bazaar => Some(write_config(dir.path(), &b.config)?),
@@ -179,11 +195,15 @@ impl TestEnv {
             leak_check,
             scope: Mutex::new(scope),
             config_path,
+            cri,
             done: false,
             _lock: lock,
         };
         let tarball = image::tarball_in(env.containerd().dir())?;
-        image::import(env.containerd(), &tarball)?;
+        match &env.cri {
+            None => image::import(env.containerd(), &tarball)?,
+            Some(cri) => cri.import_images(env.containerd(), &tarball)?,
+        }
         Ok(env)
     }
 
@@ -198,6 +218,25 @@ impl TestEnv {
     /// The configuration file the shim was pointed at (Bazaar tests only).
     pub fn config_path(&self) -> Option<&Path> {
         self.config_path.as_deref()
+    }
+
+    /// The CRI client and pod helpers (tests started with [`Builder::cri`] only).
+    pub fn cri(&self) -> crate::cri::pods::Pods<'_> {
+        let cri = self.cri.as_ref().expect("TestEnv::cri needs TestEnv::builder(..).cri()");
+        match cri.connect(self.containerd()) {
+            Ok(client) => crate::cri::pods::Pods::new(self, cri, client),
+            Err(err) => panic!("cannot connect to CRI: {err:#}"),
+        }
+    }
+
+    /// Records an id the test did not choose (a CRI pod or container id) for the leak check.
+    pub fn track_id(&self, id: &str) {
+        self.scope.lock().unwrap().ids.push(id.to_string());
+    }
+
+    /// The test's token (the name of its temp dir), which everything it creates carries.
+    pub fn token(&self) -> String {
+        self.scope.lock().unwrap().token.clone()
     }
 
     /// A container id unique on this machine (`<token>-<name>`), recorded for the leak check.
@@ -286,7 +325,10 @@ impl TestEnv {
         self.done = true;
         let mut leftover_containers = Vec::new();
         if let (Some(c), true) = (&self.containerd, remove_containers) {
-            leftover_containers = remove_all_containers(c);
+            if let Some(cri) = &self.cri {
+                leftover_containers.extend(cri.remove_all_pods(c));
+            }
+            leftover_containers.extend(remove_all_containers(c));
         }
         let log = self.save_log();
         if let Some(c) = self.containerd.as_mut() {
@@ -296,6 +338,9 @@ impl TestEnv {
         }
         let scope = self.scope.lock().unwrap().clone();
         let mut found = self.leak_check.wait_until_clean(&scope, grace);
+        if let Some(cri) = &self.cri {
+            found.other.extend(cri.after_containerd_stopped(grace));
+        }
         for id in leftover_containers {
             found.other.push(format!("container {id} was still in containerd after the test"));
         }

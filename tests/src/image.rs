@@ -26,6 +26,12 @@ use crate::process;
 pub const IMAGE: &str = "docker.io/library/bazaar-busybox:test";
 /// The same files, with `User` set to `1000:1000` in the image config.
 pub const TESTER_IMAGE: &str = "docker.io/library/bazaar-busybox:tester";
+/// The CRI plugin's sandbox ("pause") image: the same layer, whose entrypoint sleeps until it
+/// is killed (CRI stops a pod's sandbox container with SIGKILL). There is no registry to pull
+/// the real `registry.k8s.io/pause` from, and the layer is shared, so it costs one config blob.
+pub const PAUSE_IMAGE: &str = "docker.io/library/bazaar-pause:test";
+/// Every image the tarball holds.
+pub const ALL_IMAGES: [&str; 3] = [IMAGE, TESTER_IMAGE, PAUSE_IMAGE];
 /// A file only the image has, and what it holds.
 pub const MARKER_PATH: &str = "/etc/bazaar-image-marker";
 pub const MARKER_CONTENTS: &str = "bazaar-tests image marker: this rootfs came from the image\n";
@@ -125,8 +131,13 @@ pub fn build_tarball(work: &Path, out: &Path) -> Result<()> {
     let layer = add_blob_file(&blobs, &layer_tar)?;
 
     let mut manifests = Vec::new();
-    for (name, user) in [(IMAGE, ""), (TESTER_IMAGE, TESTER_USER)] {
-        let config = add_blob(&blobs, &to_json_bytes(&image_config(&layer.digest, user)))?;
+    for (name, user) in [(IMAGE, ""), (TESTER_IMAGE, TESTER_USER), (PAUSE_IMAGE, "")] {
+        let mut config = image_config(&layer.digest, user);
+        if name == PAUSE_IMAGE {
+            config["config"]["Entrypoint"] = json!(["/bin/sleep", "infinity"]);
+            config["config"]["Cmd"] = Value::Null;
+        }
+        let config = add_blob(&blobs, &to_json_bytes(&config))?;
         let manifest = json!({
             "schemaVersion": 2,
             "mediaType": MT_MANIFEST,
@@ -155,13 +166,19 @@ pub fn build_tarball(work: &Path, out: &Path) -> Result<()> {
 
 /// Imports the tarball into `containerd` (and unpacks it for the default snapshotter).
 pub fn import(containerd: &PrivateContainerd, tarball: &Path) -> Result<()> {
+    import_into(containerd, crate::containerd::NAMESPACE, tarball)
+}
+
+/// The same into containerd namespace `namespace` (the CRI plugin's is `k8s.io`).
+pub fn import_into(containerd: &PrivateContainerd, namespace: &str, tarball: &Path) -> Result<()> {
     let tarball = tarball.to_string_lossy();
-    let out = containerd.ctr(&["images", "import", &tarball], Duration::from_secs(120))?;
+    let timeout = Duration::from_secs(120);
+    let out = containerd.ctr_in(namespace, &["images", "import", &tarball], timeout)?;
     if !out.success() {
         bail!("ctr images import failed: {}", out.describe());
     }
-    let listed = containerd.ctr(&["images", "ls", "-q"], Duration::from_secs(30))?;
-    for name in [IMAGE, TESTER_IMAGE] {
+    let listed = containerd.ctr_in(namespace, &["images", "ls", "-q"], Duration::from_secs(30))?;
+    for name in ALL_IMAGES {
         if !listed.stdout.lines().any(|l| l == name) {
             bail!("image {name} missing after import; ctr images ls -q:\n{}", listed.stdout);
         }
@@ -309,7 +326,9 @@ mod tests {
         let st = Command::new("tar").arg("-xf").arg(&out).arg("-C").arg(&x).status().unwrap();
         assert!(st.success());
         let names = index_names(&fs::read(x.join("index.json")).unwrap()).unwrap();
-        assert_eq!(names.keys().cloned().collect::<Vec<_>>(), vec![IMAGE, TESTER_IMAGE]);
+        let mut expected = ALL_IMAGES.to_vec();
+        expected.sort();
+        assert_eq!(names.keys().cloned().collect::<Vec<_>>(), expected);
         // Every blob's name is its digest.
         for entry in fs::read_dir(x.join("blobs/sha256")).unwrap() {
             let path = entry.unwrap().path();

@@ -75,6 +75,7 @@ impl Scope {
         for id in &self.ids {
             paths.push(Path::new(BAZAAR_RUN_DIR).join(id));
             paths.push(shim_socket_path(&self.containerd_socket, NAMESPACE, id));
+            paths.push(shim_socket_path(&self.containerd_socket, crate::cri::NAMESPACE, id));
             paths.push(Path::new("/run/containerd/runc").join(NAMESPACE).join(id));
             paths.extend(cgroup_dirs(id));
         }

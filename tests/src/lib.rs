@@ -22,6 +22,7 @@
 pub mod bazaar_config;
 pub mod bench;
 pub mod containerd;
+pub mod cri;
 pub mod ctr;
 pub mod events;
 pub mod fixture;
