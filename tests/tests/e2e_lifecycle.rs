@@ -240,9 +240,12 @@ fn pause_and_resume(rt: Runtime) {
 fn memory_limit_and_oom(rt: Runtime) {
     let Some(env) = TestEnv::start(&name("oom", rt), rt) else { return };
     let events = env.watch_events();
-    // `tail` keeps the last "line" in memory: with no newline in its input, all of it.
+    // `tail` keeps the last "line" in memory: with no newline in its input, all of it. It also
+    // raises its own oom_score_adj, so that the kernel picks it and never the shell (which it
+    // did once under runc: the container then ended with 137 before reporting).
     let script = "head -c 4m /dev/zero | tail > /dev/null && echo small-ok; \
-                  head -c 64m /dev/zero | tail > /dev/null; echo \"status=$?\"; exit 7";
+                  head -c 64m /dev/zero | (echo 1000 > /proc/self/oom_score_adj; exec tail) \
+                  > /dev/null; echo \"status=$?\"; exit 7";
     let run = env
         .run("hog")
         .flag("--memory-limit")
