@@ -105,7 +105,9 @@ impl Config {
     /// `/run/bazaar/shared` moves under `--shared-dir` (in the guest this changes nothing).
     pub fn map_shared_path(&self, path: &Path) -> PathBuf {
         match path.strip_prefix(GUEST_SHARED_DIR) {
-            Ok(rest) if self.shared_dir != Path::new(GUEST_SHARED_DIR) => self.shared_dir.join(rest),
+            Ok(rest) if self.shared_dir != Path::new(GUEST_SHARED_DIR) => {
+                self.shared_dir.join(rest)
+            }
             _ => path.to_path_buf(),
         }
     }

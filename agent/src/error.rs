@@ -73,7 +73,8 @@ mod tests {
 
     #[test]
     fn internal_errors_keep_their_context() {
-        let err: anyhow::Result<()> = Err(anyhow::anyhow!("EBUSY")).context("rmdir /sys/fs/cgroup/c1");
+        let err: anyhow::Result<()> =
+            Err(anyhow::anyhow!("EBUSY")).context("rmdir /sys/fs/cgroup/c1");
         let err = Error::from(err.unwrap_err());
         assert_eq!(err.to_string(), "rmdir /sys/fs/cgroup/c1: EBUSY");
         assert_eq!(err.code(), Code::INTERNAL);

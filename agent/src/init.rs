@@ -25,14 +25,62 @@ struct BootMount {
 const NOSUID_NODEV: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV);
 
 const BOOT_MOUNTS: [BootMount; 8] = [
-    BootMount { fstype: "proc", target: "/proc", flags: NOSUID_NODEV.union(MsFlags::MS_NOEXEC), data: "", essential: true },
-    BootMount { fstype: "sysfs", target: "/sys", flags: NOSUID_NODEV.union(MsFlags::MS_NOEXEC), data: "", essential: true },
-    BootMount { fstype: "devtmpfs", target: "/dev", flags: MsFlags::MS_NOSUID, data: "mode=0755", essential: true },
-    BootMount { fstype: "devpts", target: "/dev/pts", flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC), data: "newinstance,ptmxmode=0666,mode=0620,gid=5", essential: true },
-    BootMount { fstype: "tmpfs", target: "/dev/shm", flags: NOSUID_NODEV, data: "mode=1777", essential: false },
-    BootMount { fstype: "tmpfs", target: "/run", flags: NOSUID_NODEV, data: "mode=0755", essential: true },
-    BootMount { fstype: "tmpfs", target: "/tmp", flags: NOSUID_NODEV, data: "mode=1777", essential: false },
-    BootMount { fstype: "cgroup2", target: "/sys/fs/cgroup", flags: NOSUID_NODEV.union(MsFlags::MS_NOEXEC).union(MsFlags::MS_RELATIME), data: "", essential: false },
+    BootMount {
+        fstype: "proc",
+        target: "/proc",
+        flags: NOSUID_NODEV.union(MsFlags::MS_NOEXEC),
+        data: "",
+        essential: true,
+    },
+    BootMount {
+        fstype: "sysfs",
+        target: "/sys",
+        flags: NOSUID_NODEV.union(MsFlags::MS_NOEXEC),
+        data: "",
+        essential: true,
+    },
+    BootMount {
+        fstype: "devtmpfs",
+        target: "/dev",
+        flags: MsFlags::MS_NOSUID,
+        data: "mode=0755",
+        essential: true,
+    },
+    BootMount {
+        fstype: "devpts",
+        target: "/dev/pts",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC),
+        data: "newinstance,ptmxmode=0666,mode=0620,gid=5",
+        essential: true,
+    },
+    BootMount {
+        fstype: "tmpfs",
+        target: "/dev/shm",
+        flags: NOSUID_NODEV,
+        data: "mode=1777",
+        essential: false,
+    },
+    BootMount {
+        fstype: "tmpfs",
+        target: "/run",
+        flags: NOSUID_NODEV,
+        data: "mode=0755",
+        essential: true,
+    },
+    BootMount {
+        fstype: "tmpfs",
+        target: "/tmp",
+        flags: NOSUID_NODEV,
+        data: "mode=1777",
+        essential: false,
+    },
+    BootMount {
+        fstype: "cgroup2",
+        target: "/sys/fs/cgroup",
+        flags: NOSUID_NODEV.union(MsFlags::MS_NOEXEC).union(MsFlags::MS_RELATIME),
+        data: "",
+        essential: false,
+    },
 ];
 
 /// Sets up the guest as PID 1. Returns warnings about non-essential parts that failed (there is

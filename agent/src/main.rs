@@ -99,10 +99,8 @@ fn main() {
         slog::warn!(log, "guest init"; "warning" => warning);
     }
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build();
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
     let result = match runtime {
         Ok(runtime) => runtime.block_on(serve(config, log.clone())),
         Err(err) => Err(err).context("failed to build the tokio runtime"),

@@ -38,7 +38,8 @@ fn oom_kills(events_file: &Path) -> u64 {
 impl OomMonitor {
     /// Starts the monitor and its reader thread.
     pub fn start(log: Logger) -> anyhow::Result<Arc<OomMonitor>> {
-        let inotify = Inotify::init(InitFlags::IN_CLOEXEC).context("inotify_init for OOM events")?;
+        let inotify =
+            Inotify::init(InitFlags::IN_CLOEXEC).context("inotify_init for OOM events")?;
         let (tx, rx) = mpsc::unbounded_channel();
         let monitor = Arc::new(OomMonitor {
             inotify,

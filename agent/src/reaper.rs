@@ -133,7 +133,11 @@ impl Reaper {
 
     fn watch_locked(inner: &mut Inner, pid: i32) -> Watched {
         if let Some(sender) = inner.watchers.get(&pid) {
-            return Watched { pid, exit: ExitWatch(sender.subscribe()), pidfd: sys::pidfd_open(pid).ok() };
+            return Watched {
+                pid,
+                exit: ExitWatch(sender.subscribe()),
+                pidfd: sys::pidfd_open(pid).ok(),
+            };
         }
         // Under the lock nothing is reaped, so an existing process (zombie or not) is the one the
         // caller means, and any unclaimed status for its pid belongs to an earlier process.

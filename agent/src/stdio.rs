@@ -46,7 +46,9 @@ impl PendingIo {
     pub fn finish(self, console: Option<OwnedFd>) -> anyhow::Result<ProcessIo> {
         match (self, console) {
             (PendingIo::Ready(io), None) => Ok(io),
-            (PendingIo::Terminal { stdin }, Some(master)) => ProcessIo::from_terminal(master, stdin),
+            (PendingIo::Terminal { stdin }, Some(master)) => {
+                ProcessIo::from_terminal(master, stdin)
+            }
             (PendingIo::Ready(_), Some(_)) => anyhow::bail!("a terminal was sent for pipe stdio"),
             (PendingIo::Terminal { .. }, None) => anyhow::bail!("no terminal was sent"),
         }
@@ -191,7 +193,9 @@ impl AsyncStream {
         let mut buf = vec![0u8; len];
         loop {
             let mut guard = self.fd.readable().await?;
-            match guard.try_io(|fd| nix::unistd::read(fd.get_ref(), &mut buf).map_err(io::Error::from)) {
+            match guard
+                .try_io(|fd| nix::unistd::read(fd.get_ref(), &mut buf).map_err(io::Error::from))
+            {
                 Ok(Ok(n)) => {
                     if n == 0 {
                         self.eof = true;
@@ -214,7 +218,8 @@ impl AsyncStream {
     async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
             let mut guard = self.fd.writable().await?;
-            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(io::Error::from)) {
+            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(io::Error::from))
+            {
                 Ok(Ok(n)) => data = &data[n..],
                 Ok(Err(err)) if err.raw_os_error() == Some(Errno::EINTR as i32) => continue,
                 Ok(Err(err)) => return Err(err),

@@ -105,9 +105,11 @@ pub fn cloexec_from_3_except(keep: RawFd) -> io::Result<()> {
 pub fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
     let path = c"/dev/ptmx";
     // SAFETY: open with a valid C string.
-    let master = check(unsafe {
-        libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)
-    } as libc::c_long)?;
+    let master =
+        check(
+            unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) }
+                as libc::c_long,
+        )?;
     // SAFETY: a new fd that nothing else owns.
     let master = unsafe { OwnedFd::from_raw_fd(master as RawFd) };
     let unlock: libc::c_int = 0;
@@ -115,7 +117,11 @@ pub fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
     check(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } as libc::c_long)?;
     // SAFETY: TIOCGPTPEER takes open flags and returns a new fd.
     let slave = check(unsafe {
-        libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
     } as libc::c_long)?;
     // SAFETY: a new fd that nothing else owns.
     let slave = unsafe { OwnedFd::from_raw_fd(slave as RawFd) };
@@ -182,8 +188,9 @@ pub fn kernel_release() -> io::Result<String> {
 /// Brings a network interface up (`ip link set NAME up`).
 pub fn interface_up(name: &str) -> io::Result<()> {
     // SAFETY: socket with constant arguments.
-    let sock = check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) }
-        as libc::c_long)?;
+    let sock =
+        check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) }
+            as libc::c_long)?;
     // SAFETY: a new fd that nothing else owns.
     let sock = unsafe { OwnedFd::from_raw_fd(sock as RawFd) };
     // SAFETY: ifreq is plain old data; all-zero is a valid value.

@@ -54,7 +54,8 @@ async fn container_view_is_isolated() {
                       echo x > /proc/sys/kernel/hostname || echo ro-ok";
         let (status, stdout, stderr) = env.run(&env.id("view"), &spec(&["sh", "-c", script])).await;
         assert_eq!(status, 0, "stderr: {stderr}");
-        let expected = "pid=1\nbazaar-test\n/dev/null\n/dev/pts/ptmx\n/dev/urandom\n/dev/zero\n0\n0\nro-ok\n";
+        let expected =
+            "pid=1\nbazaar-test\n/dev/null\n/dev/pts/ptmx\n/dev/urandom\n/dev/zero\n0\n0\nro-ok\n";
         assert_eq!(stdout, expected, "stderr: {stderr}");
     })
     .await;
@@ -116,7 +117,8 @@ async fn missing_binary_fails_at_create() {
         // Nothing is left: the id is free again and unknown to the other calls.
         let mut wait = WaitProcessRequest::new();
         wait.container_id = id.clone();
-        let err = env.client.wait_process(ctx(), &wait).await.expect_err("wait on a failed container");
+        let err =
+            env.client.wait_process(ctx(), &wait).await.expect_err("wait on a failed container");
         assert_eq!(status_of(err).code(), ttrpc::Code::NOT_FOUND);
         let (status, _, _) = env.run(&id, &spec(&["true"])).await;
         assert_eq!(status, 0);
@@ -128,7 +130,10 @@ async fn missing_binary_fails_at_create() {
         assert_eq!(status.code(), ttrpc::Code::NOT_FOUND);
         assert!(status.message().contains("no-such-rootfs"), "message: {}", status.message());
 
-        let err = env.create(&env.id("badjson"), &json!({"process": 1}), false, false).await.expect_err("create");
+        let err = env
+            .create(&env.id("badjson"), &json!({"process": 1}), false, false)
+            .await
+            .expect_err("create");
         assert_eq!(status_of(err).code(), ttrpc::Code::INVALID_ARGUMENT);
     })
     .await;
@@ -165,7 +170,8 @@ async fn env_cwd_and_user() {
     }
     bounded(async {
         let env = Env::start("user", &[]).await;
-        let mut s = spec(&["sh", "-c", "echo $FOO; pwd; id -u; id -g; id -G; echo $HOME; env | wc -l"]);
+        let mut s =
+            spec(&["sh", "-c", "echo $FOO; pwd; id -u; id -g; id -G; echo $HOME; env | wc -l"]);
         s["process"]["env"] = json!(["PATH=/bin", "FOO=bar"]);
         s["process"]["cwd"] = json!("/home/alice");
         s["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [50]});
@@ -173,7 +179,11 @@ async fn env_cwd_and_user() {
         assert_eq!(status, 0, "stderr: {stderr}");
         // env: PATH, FOO, HOME (added from /etc/passwd), plus PWD/SHLVL that sh itself exports.
         let lines: Vec<&str> = stdout.lines().collect();
-        assert_eq!(&lines[..6], &["bar", "/home/alice", "1000", "1000", "1000 50", "/home/alice"], "{stdout}");
+        assert_eq!(
+            &lines[..6],
+            &["bar", "/home/alice", "1000", "1000", "1000 50", "/home/alice"],
+            "{stdout}"
+        );
 
         // A missing cwd is created, as runc does; one that cannot be (under a file) fails.
         let mut bad_cwd = spec(&["true"]);
@@ -245,7 +255,9 @@ async fn large_output_is_not_lost() {
     bounded(async {
         let env = Env::start("large", &[]).await;
         let id = env.id("seq");
-        env.create(&id, &spec(&["seq", "1", "50000"]), false, false).await.expect("CreateContainer");
+        env.create(&id, &spec(&["seq", "1", "50000"]), false, false)
+            .await
+            .expect("CreateContainer");
         env.start_container(&id).await;
         // More than a pipe buffer: the process blocks until we read, then exits.
         let stdout = env.read_all(&id, "", false).await;
@@ -345,7 +357,9 @@ async fn cgroup_operations() {
         let mut stats = StatsContainerRequest::new();
         stats.container_id = id.clone();
         match env.client.stats_container(ctx(), &stats).await {
-            Ok(stats) => eprintln!("stats: pids={} cpu={}us", stats.pids_current, stats.cpu_usage_usec),
+            Ok(stats) => {
+                eprintln!("stats: pids={} cpu={}us", stats.pids_current, stats.cpu_usage_usec)
+            }
             Err(err) => eprintln!("stats unavailable here: {err:?}"),
         }
         let mut pause = PauseContainerRequest::new();
@@ -387,7 +401,10 @@ async fn health_version_and_destroy() {
     bounded(async {
         let mut env = Env::start("health", &[]).await;
         let check = env.client.check(ctx(), &CheckRequest::new()).await.expect("Check");
-        assert_eq!(check.status.enum_value_or_default(), health_check_response::ServingStatus::SERVING);
+        assert_eq!(
+            check.status.enum_value_or_default(),
+            health_check_response::ServingStatus::SERVING
+        );
         let version = env.client.version(ctx(), &VersionRequest::new()).await.expect("Version");
         assert_eq!(version.api_version, bazaar_protocols::AGENT_API_VERSION);
         assert!(!version.kernel_release.is_empty());

@@ -34,7 +34,10 @@ async fn agent_as_pid1() {
         let mut destroy = DestroySandboxRequest::new();
         destroy.sandbox_id = format!("sandbox-{}", env.suffix);
         env.client.destroy_sandbox(ctx(), &destroy).await.expect("DestroySandbox");
-        assert!(env.wait_agent_exit(Duration::from_secs(10)), "the agent did not end its namespace");
+        assert!(
+            env.wait_agent_exit(Duration::from_secs(10)),
+            "the agent did not end its namespace"
+        );
     };
     tokio::time::timeout(Duration::from_secs(90), body).await.expect("test timed out");
 }

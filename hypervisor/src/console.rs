@@ -74,10 +74,7 @@ pub struct OutputTail(Arc<Mutex<VecDeque<String>>>);
 
 impl OutputTail {
     fn push(&self, line: String) {
-        let mut lines = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut lines = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if lines.len() == TAIL_LINES {
             lines.pop_front();
         }
@@ -86,18 +83,11 @@ impl OutputTail {
 
     /// The kept lines joined with " | ", or a note that there were none.
     pub fn summary(&self) -> String {
-        let lines = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let lines = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if lines.is_empty() {
             "no output".to_string()
         } else {
-            lines
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>()
-                .join(" | ")
+            lines.iter().map(String::as_str).collect::<Vec<_>>().join(" | ")
         }
     }
 }
@@ -142,16 +132,9 @@ mod tests {
     async fn tail_keeps_the_last_lines() {
         let tail = OutputTail::default();
         let text: String = (0..30).map(|i| format!("line {i}\n")).collect();
-        forward_output(
-            text.as_bytes(),
-            Logger::root(slog::Discard, slog::o!()),
-            tail.clone(),
-        )
-        .await;
+        forward_output(text.as_bytes(), Logger::root(slog::Discard, slog::o!()), tail.clone())
+            .await;
         let summary = tail.summary();
-        assert!(
-            summary.starts_with("line 10 |") && summary.ends_with("line 29"),
-            "{summary}"
-        );
+        assert!(summary.starts_with("line 10 |") && summary.ends_with("line 29"), "{summary}");
     }
 }

@@ -20,19 +20,10 @@ const MAX_REPLY: usize = 64;
 pub enum ConnectError {
     /// No connection within the time allowed; `last` is the failure of the last attempt.
     #[error("hybrid vsock {socket}: no connection to guest port {port} within {timeout:?} (last failure: {last})")]
-    TimedOut {
-        socket: String,
-        port: u32,
-        timeout: Duration,
-        last: String,
-    },
+    TimedOut { socket: String, port: u32, timeout: Duration, last: String },
     /// A failure that retrying cannot fix.
     #[error("hybrid vsock {socket}: connecting to guest port {port} failed: {reason}")]
-    Failed {
-        socket: String,
-        port: u32,
-        reason: String,
-    },
+    Failed { socket: String, port: u32, reason: String },
     /// The guest did not make its ready connection ([`ReadyListener`]).
     #[error("hybrid vsock {socket}: the guest did not report ready: {reason}")]
     NotReady { socket: String, reason: String },
@@ -55,10 +46,7 @@ impl AttemptError {
                 | io::ErrorKind::BrokenPipe
                 | io::ErrorKind::UnexpectedEof
         );
-        AttemptError {
-            retry,
-            reason: format!("{what}: {err}"),
-        }
+        AttemptError { retry, reason: format!("{what}: {err}") }
     }
 }
 
@@ -141,9 +129,8 @@ impl Drop for ReadyListener {
 }
 
 async fn attempt(socket: &Path, port: u32) -> Result<UnixStream, AttemptError> {
-    let mut stream = UnixStream::connect(socket)
-        .await
-        .map_err(|err| AttemptError::io("connect", err))?;
+    let mut stream =
+        UnixStream::connect(socket).await.map_err(|err| AttemptError::io("connect", err))?;
     stream
         .write_all(format!("CONNECT {port}\n").as_bytes())
         .await
@@ -245,9 +232,7 @@ mod tests {
         let later = path.clone();
         let backend = tokio::spawn(async move {
             sleep(Duration::from_millis(200)).await;
-            fake_backend(UnixListener::bind(&later).unwrap(), 0, b"")
-                .await
-                .unwrap()
+            fake_backend(UnixListener::bind(&later).unwrap(), 0, b"").await.unwrap()
         });
         let stream = connect(&path, 7, Duration::from_secs(5)).await.unwrap();
         drop(stream);
@@ -259,15 +244,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("absent.sock");
         let started = std::time::Instant::now();
-        let err = connect(&path, 1024, Duration::from_millis(300))
-            .await
-            .unwrap_err();
+        let err = connect(&path, 1024, Duration::from_millis(300)).await.unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(2));
         let message = err.to_string();
-        assert!(
-            message.contains("absent.sock") && message.contains("1024"),
-            "{message}"
-        );
+        assert!(message.contains("absent.sock") && message.contains("1024"), "{message}");
         assert!(matches!(err, ConnectError::TimedOut { .. }));
     }
 
@@ -281,9 +261,7 @@ mod tests {
             stream.write_all(b"NOPE\n").await.unwrap();
             sleep(Duration::from_secs(5)).await;
         });
-        let err = connect(&path, 1024, Duration::from_secs(10))
-            .await
-            .unwrap_err();
+        let err = connect(&path, 1024, Duration::from_secs(10)).await.unwrap_err();
         assert!(matches!(err, ConnectError::Failed { .. }), "{err}");
         assert!(err.to_string().contains("NOPE"));
     }

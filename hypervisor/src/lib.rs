@@ -64,10 +64,7 @@ pub enum Device {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmExit {
     /// The VM process exited by itself (guest reset or power-off, or a crash) with this status.
-    Exited {
-        code: Option<i32>,
-        signal: Option<i32>,
-    },
+    Exited { code: Option<i32>, signal: Option<i32> },
     /// `stop` ended it.
     Stopped,
 }

@@ -45,35 +45,21 @@ impl HostFacts {
             Ok(text) => hw_virt_flag(&text),
             Err(_) => None,
         };
-        HostFacts {
-            kvm: probe_kvm(Path::new(KVM_DEVICE)),
-            hw_virt_flag,
-        }
+        HostFacts { kvm: probe_kvm(Path::new(KVM_DEVICE)), hw_virt_flag }
     }
 }
 
 /// Resolves `requested` on this host.
 pub fn resolve(requested: Acceleration) -> Result<AccelChoice, ProbeError> {
     if requested == Acceleration::Tcg {
-        return decide(
-            requested,
-            &HostFacts {
-                kvm: Ok(()),
-                hw_virt_flag: None,
-            },
-        );
+        return decide(requested, &HostFacts { kvm: Ok(()), hw_virt_flag: None });
     }
     decide(requested, &HostFacts::probe())
 }
 
 /// The decision as a pure function of the host facts.
 pub fn decide(requested: Acceleration, host: &HostFacts) -> Result<AccelChoice, ProbeError> {
-    let choice = |acceleration, reason: String| {
-        Ok(AccelChoice {
-            acceleration,
-            reason,
-        })
-    };
+    let choice = |acceleration, reason: String| Ok(AccelChoice { acceleration, reason });
     match requested {
         Acceleration::Tcg => choice(Acceleration::Tcg, "tcg: configured".to_string()),
         Acceleration::Kvm => match (&host.kvm, host.hw_virt_flag) {
@@ -99,10 +85,9 @@ pub fn decide(requested: Acceleration, host: &HostFacts) -> Result<AccelChoice, 
                      (nested emulated KVM cannot run a Linux guest)"
                 ),
             ),
-            (Ok(()), Some(flag)) => choice(
-                Acceleration::Kvm,
-                format!("kvm: {KVM_DEVICE} works and the CPU has {flag}"),
-            ),
+            (Ok(()), Some(flag)) => {
+                choice(Acceleration::Kvm, format!("kvm: {KVM_DEVICE} works and the CPU has {flag}"))
+            }
         },
     }
 }
@@ -172,10 +157,7 @@ mod tests {
     }
 
     fn facts(kvm: Result<(), &str>, flag: Option<&'static str>) -> HostFacts {
-        HostFacts {
-            kvm: kvm.map_err(str::to_string),
-            hw_virt_flag: flag,
-        }
+        HostFacts { kvm: kvm.map_err(str::to_string), hw_virt_flag: flag }
     }
 
     #[test]
@@ -185,11 +167,7 @@ mod tests {
 
         let nested = decide(Acceleration::Auto, &facts(Ok(()), None)).unwrap();
         assert_eq!(nested.acceleration, Acceleration::Tcg);
-        assert!(
-            nested.reason.contains("no vmx/svm flag"),
-            "{}",
-            nested.reason
-        );
+        assert!(nested.reason.contains("no vmx/svm flag"), "{}", nested.reason);
 
         let missing = decide(
             Acceleration::Auto,
@@ -213,9 +191,7 @@ mod tests {
     #[test]
     fn explicit_choices_are_kept() {
         assert_eq!(
-            decide(Acceleration::Tcg, &facts(Ok(()), Some("vmx")))
-                .unwrap()
-                .acceleration,
+            decide(Acceleration::Tcg, &facts(Ok(()), Some("vmx"))).unwrap().acceleration,
             Acceleration::Tcg
         );
         let kvm = decide(Acceleration::Kvm, &facts(Ok(()), None)).unwrap();

@@ -20,10 +20,7 @@ const POLL: Duration = Duration::from_millis(20);
 pub fn process_start_time(pid: u32) -> io::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     parse_stat(&stat).map(|s| s.start_time).ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("unparsable /proc/{pid}/stat"),
-        )
+        io::Error::new(io::ErrorKind::InvalidData, format!("unparsable /proc/{pid}/stat"))
     })
 }
 
@@ -63,11 +60,7 @@ fn is_alive(record: &ProcessRecord) -> bool {
 /// Blocks for at most about six seconds.
 pub fn kill_recorded(records: &[ProcessRecord]) {
     let live = |records: &[ProcessRecord]| -> Vec<ProcessRecord> {
-        records
-            .iter()
-            .filter(|r| r.pid > 1 && is_alive(r))
-            .cloned()
-            .collect()
+        records.iter().filter(|r| r.pid > 1 && is_alive(r)).cloned().collect()
     };
     let signal_all = |records: &[ProcessRecord], signal: Signal| {
         for record in records {
@@ -110,13 +103,7 @@ mod tests {
     fn parses_stat_with_odd_command_names() {
         let stat = "4242 (qemu (x) y) S 1 4242 4242 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 3 0 \
                     987654 123456 789 18446744073709551615 1 1 0 0 0 0 0 4096 0 0 0 0 17 1 0 0";
-        assert_eq!(
-            parse_stat(stat),
-            Some(Stat {
-                state: 'S',
-                start_time: 987654
-            })
-        );
+        assert_eq!(parse_stat(stat), Some(Stat { state: 'S', start_time: 987654 }));
         assert_eq!(parse_stat("1 (init) S 0"), None);
         assert_eq!(parse_stat("garbage"), None);
     }
@@ -126,42 +113,23 @@ mod tests {
         let pid = std::process::id();
         let first = process_start_time(pid).unwrap();
         assert_eq!(first, process_start_time(pid).unwrap());
-        assert!(is_alive(&ProcessRecord {
-            name: "self".into(),
-            pid,
-            start_time: first
-        }));
-        assert!(!is_alive(&ProcessRecord {
-            name: "self".into(),
-            pid,
-            start_time: first + 1
-        }));
+        assert!(is_alive(&ProcessRecord { name: "self".into(), pid, start_time: first }));
+        assert!(!is_alive(&ProcessRecord { name: "self".into(), pid, start_time: first + 1 }));
     }
 
     #[test]
     fn kill_recorded_ends_a_matching_process_and_spares_a_mismatch() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
         let pid = child.id();
         let start_time = process_start_time(pid).unwrap();
 
         // A wrong start time: the process must survive.
-        kill_recorded(&[ProcessRecord {
-            name: "sleep".into(),
-            pid,
-            start_time: start_time + 1,
-        }]);
+        kill_recorded(&[ProcessRecord { name: "sleep".into(), pid, start_time: start_time + 1 }]);
         assert!(child.try_wait().unwrap().is_none());
 
         // Reap in parallel so the zombie disappears as soon as it dies.
         let reaper = thread::spawn(move || child.wait().unwrap());
-        kill_recorded(&[ProcessRecord {
-            name: "sleep".into(),
-            pid,
-            start_time,
-        }]);
+        kill_recorded(&[ProcessRecord { name: "sleep".into(), pid, start_time }]);
         let status = reaper.join().unwrap();
         assert!(!status.success());
     }

@@ -12,21 +12,12 @@ use common::{build_vsock_echo, is_gone, pss_by_mapping, pss_kib, test_vm, test_v
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BOOT_LIMIT: Duration = Duration::from_secs(120);
-const SOCKETS: [&str; 5] = [
-    "vhost-vsock.sock",
-    "vsock.sock",
-    "virtiofsd.sock",
-    "virtiofsd.sock.pid",
-    "qmp.sock",
-];
+const SOCKETS: [&str; 5] =
+    ["vhost-vsock.sock", "vsock.sock", "virtiofsd.sock", "virtiofsd.sock.pid", "qmp.sock"];
 
 fn assert_sockets_removed(run_dir: &Path) {
     for name in SOCKETS {
-        assert!(
-            !run_dir.join(name).exists(),
-            "{name} left in {}",
-            run_dir.display()
-        );
+        assert!(!run_dir.join(name).exists(), "{name} left in {}", run_dir.display());
     }
 }
 
@@ -48,10 +39,7 @@ async fn boots_shares_a_directory_and_exits_by_itself() {
     };
     std::fs::write(vm.shared_dir.join("hello.txt"), "hello-guest").unwrap();
     vm.qemu
-        .add_device(Device::SharedFs {
-            tag: "bazaarfs".into(),
-            host_dir: vm.shared_dir.clone(),
-        })
+        .add_device(Device::SharedFs { tag: "bazaarfs".into(), host_dir: vm.shared_dir.clone() })
         .unwrap();
 
     let started = Instant::now();
@@ -75,10 +63,7 @@ async fn boots_shares_a_directory_and_exits_by_itself() {
         .await
         .expect("VM did not exit");
     assert!(matches!(exit, VmExit::Exited { .. }), "{exit:?}");
-    assert_eq!(
-        std::fs::read_to_string(vm.shared_dir.join("out.txt")).unwrap(),
-        "from-guest\n"
-    );
+    assert_eq!(std::fs::read_to_string(vm.shared_dir.join("out.txt")).unwrap(), "from-guest\n");
     for record in &vm.guard.records {
         assert!(
             is_gone(record),
@@ -103,10 +88,7 @@ async fn stop_ends_a_running_vm_and_unanswered_vsock_ports_time_out() {
         return;
     };
     vm.qemu
-        .add_device(Device::SharedFs {
-            tag: "bazaarfs".into(),
-            host_dir: vm.shared_dir.clone(),
-        })
+        .add_device(Device::SharedFs { tag: "bazaarfs".into(), host_dir: vm.shared_dir.clone() })
         .unwrap();
     vm.qemu.start().await.expect("start");
     vm.guard.records = vm.qemu.processes();
@@ -115,17 +97,12 @@ async fn stop_ends_a_running_vm_and_unanswered_vsock_ports_time_out() {
 
     let limit = Duration::from_secs(2);
     let tried = Instant::now();
-    let err = hybrid_vsock::connect(&vm.qemu.agent_socket(), 4242, limit)
-        .await
-        .unwrap_err();
+    let err = hybrid_vsock::connect(&vm.qemu.agent_socket(), 4242, limit).await.unwrap_err();
     let took = tried.elapsed();
     let message = err.to_string();
     eprintln!("VSOCK: unanswered port failed after {took:?}: {message}");
     assert!(took < limit + Duration::from_secs(4), "took {took:?}");
-    assert!(
-        message.contains("vsock.sock") && message.contains("4242"),
-        "{message}"
-    );
+    assert!(message.contains("vsock.sock") && message.contains("4242"), "{message}");
 
     let mut exit = vm.qemu.exit_receiver();
     assert!(exit.borrow().is_none());
@@ -133,19 +110,11 @@ async fn stop_ends_a_running_vm_and_unanswered_vsock_ports_time_out() {
     vm.qemu.stop().await.expect("stop");
     eprintln!("TIMING: stop() took {:?}", stopped.elapsed());
     for record in &vm.guard.records {
-        assert!(
-            is_gone(record),
-            "{} (pid {}) still runs after stop",
-            record.name,
-            record.pid
-        );
+        assert!(is_gone(record), "{} (pid {}) still runs after stop", record.name, record.pid);
     }
     assert_sockets_removed(&vm.run_dir);
     assert_eq!(vm.qemu.wait().await, VmExit::Stopped);
-    assert_eq!(
-        *exit.wait_for(Option::is_some).await.unwrap(),
-        Some(VmExit::Stopped)
-    );
+    assert_eq!(*exit.wait_for(Option::is_some).await.unwrap(), Some(VmExit::Stopped));
     vm.qemu.stop().await.expect("second stop");
 }
 
@@ -160,19 +129,11 @@ async fn dropping_a_running_vm_ends_its_processes() {
     vm.guard.records = vm.qemu.processes();
     assert_eq!(vm.guard.records.len(), 2, "no share, so no virtiofsd");
     vm.wait_for_console("BAZAAR-SLEEPING", BOOT_LIMIT).await;
-    let common::TestVm {
-        qemu,
-        guard,
-        run_dir,
-        ..
-    } = vm;
+    let common::TestVm { qemu, guard, run_dir, .. } = vm;
     drop(qemu);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !guard.records.iter().all(is_gone) {
-        assert!(
-            Instant::now() < deadline,
-            "processes still run 10 s after the drop"
-        );
+        assert!(Instant::now() < deadline, "processes still run 10 s after the drop");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_sockets_removed(&run_dir);
@@ -183,22 +144,18 @@ async fn dropping_a_running_vm_ends_its_processes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hybrid_vsock_reaches_a_guest_listener() {
     let script = "/bin/busybox sleep 1\nexec /bin/vsock_echo 1024";
-    let Some(mut vm) = test_vm_with(script, 256, |dir| {
-        Some(vec![("bin/vsock_echo", build_vsock_echo(dir)?)])
-    }) else {
+    let Some(mut vm) =
+        test_vm_with(script, 256, |dir| Some(vec![("bin/vsock_echo", build_vsock_echo(dir)?)]))
+    else {
         return;
     };
     vm.qemu.start().await.expect("start");
     vm.guard.records = vm.qemu.processes();
     // Connect at once: the guest is still booting, so the first attempts fail and are retried.
     let started = Instant::now();
-    let mut stream = hybrid_vsock::connect(&vm.qemu.agent_socket(), 1024, BOOT_LIMIT)
-        .await
-        .expect("connect");
-    eprintln!(
-        "TIMING: hybrid vsock connected {:?} after start()",
-        started.elapsed()
-    );
+    let mut stream =
+        hybrid_vsock::connect(&vm.qemu.agent_socket(), 1024, BOOT_LIMIT).await.expect("connect");
+    eprintln!("TIMING: hybrid vsock connected {:?} after start()", started.elapsed());
     let mut rtts = Vec::new();
     for i in 0..5 {
         let message = format!("ping {i}\n");
@@ -213,12 +170,7 @@ async fn hybrid_vsock_reaches_a_guest_listener() {
     drop(stream);
     vm.qemu.stop().await.expect("stop");
     for record in &vm.guard.records {
-        assert!(
-            is_gone(record),
-            "{} (pid {}) still runs after stop",
-            record.name,
-            record.pid
-        );
+        assert!(is_gone(record), "{} (pid {}) still runs after stop", record.name, record.pid);
     }
 }
 
@@ -231,10 +183,7 @@ async fn measure_idle_footprint() {
         return;
     };
     vm.qemu
-        .add_device(Device::SharedFs {
-            tag: "bazaarfs".into(),
-            host_dir: vm.shared_dir.clone(),
-        })
+        .add_device(Device::SharedFs { tag: "bazaarfs".into(), host_dir: vm.shared_dir.clone() })
         .unwrap();
     let started = Instant::now();
     vm.qemu.start().await.expect("start");
@@ -243,11 +192,7 @@ async fn measure_idle_footprint() {
     eprintln!("TIMING: init marker after {:?}", started.elapsed());
     tokio::time::sleep(Duration::from_secs(5)).await;
     for record in &vm.guard.records {
-        eprintln!(
-            "PSS: {} {} KiB",
-            record.name,
-            pss_kib(record.pid).unwrap_or(0)
-        );
+        eprintln!("PSS: {} {} KiB", record.name, pss_kib(record.pid).unwrap_or(0));
         let top: Vec<_> = pss_by_mapping(record.pid).into_iter().take(4).collect();
         eprintln!("PSS:   largest mappings {top:?}");
     }

@@ -98,7 +98,10 @@ pub fn restrict_bounding_set(bounding: &Capabilities) -> anyhow::Result<()> {
             Ok(()) => {}
             // A capability this kernel does not have.
             Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {}
-            Err(err) => return Err(err).with_context(|| format!("drop capability {cap} from the bounding set")),
+            Err(err) => {
+                return Err(err)
+                    .with_context(|| format!("drop capability {cap} from the bounding set"))
+            }
         }
     }
     Ok(())
@@ -138,7 +141,8 @@ pub fn apply(caps: &LinuxCapabilities) -> anyhow::Result<()> {
             Ok(()) => {}
             Err(err) if err.raw_os_error() == Some(libc::EPERM) => {}
             Err(err) => {
-                return Err(err).with_context(|| format!("raise ambient capability {}", NAMES[cap as usize]))
+                return Err(err)
+                    .with_context(|| format!("raise ambient capability {}", NAMES[cap as usize]))
             }
         }
     }
@@ -159,7 +163,8 @@ mod tests {
 
     #[test]
     fn masks_skip_capabilities_the_kernel_lacks() {
-        let caps: Capabilities = [Capability::Chown, Capability::NetAdmin, Capability::CheckpointRestore].into();
+        let caps: Capabilities =
+            [Capability::Chown, Capability::NetAdmin, Capability::CheckpointRestore].into();
         assert_eq!(mask(Some(&caps), 40), 1 | (1 << 12) | (1 << 40));
         assert_eq!(mask(Some(&caps), 37), 1 | (1 << 12));
         assert_eq!(mask(None, 40), 0);

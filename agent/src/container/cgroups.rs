@@ -56,7 +56,8 @@ impl CgroupRoot {
     /// The hierarchy at `root` if it is a cgroup2 mount.
     pub fn detect(root: &Path) -> Option<CgroupRoot> {
         let stat = nix::sys::statfs::statfs(root).ok()?;
-        (stat.filesystem_type().0 as i64 == CGROUP2_SUPER_MAGIC).then(|| CgroupRoot { root: root.to_path_buf() })
+        (stat.filesystem_type().0 as i64 == CGROUP2_SUPER_MAGIC)
+            .then(|| CgroupRoot { root: root.to_path_buf() })
     }
 
     /// Creates (or adopts) the cgroup at `relative`, enabling the available controllers on the way.
@@ -68,7 +69,9 @@ impl CgroupRoot {
             match std::fs::create_dir(&current) {
                 Ok(()) => {}
                 Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(err) => return Err(err).with_context(|| format!("mkdir {}", current.display())),
+                Err(err) => {
+                    return Err(err).with_context(|| format!("mkdir {}", current.display()))
+                }
             }
         }
         Ok(Cgroup { path: current })
@@ -181,7 +184,11 @@ pub fn resource_writes(resources: &LinuxResources) -> Result<Vec<Write>, Error> 
             for device in devices.iter().flatten() {
                 // Not required: the devices are named by the host's numbers, which the guest
                 // usually does not have (its root is virtio-fs).
-                add("io.max", format!("{}:{} {key}={}", device.major(), device.minor(), device.rate()), false);
+                add(
+                    "io.max",
+                    format!("{}:{} {key}={}", device.major(), device.minor(), device.rate()),
+                    false,
+                );
             }
         }
     }
@@ -196,7 +203,11 @@ pub fn resource_writes(resources: &LinuxResources) -> Result<Vec<Write>, Error> 
 
 /// A limit value: positive numbers as they are, anything else unlimited.
 fn max_or(value: i64) -> String {
-    if value > 0 { value.to_string() } else { "max".to_string() }
+    if value > 0 {
+        value.to_string()
+    } else {
+        "max".to_string()
+    }
 }
 
 /// cgroup v1 blkio.weight (10..1000) to cgroup v2 io.weight (1..10000), as runc converts.
@@ -225,7 +236,9 @@ impl Cgroup {
     pub fn apply(&self, resources: &LinuxResources) -> Result<Vec<String>, Error> {
         if let Some(devices) = resources.devices() {
             super::device_filter::apply(&self.path, devices).map_err(|err| {
-                Error::FailedPrecondition(format!("the device allowlist cannot be enforced: {err:#}"))
+                Error::FailedPrecondition(format!(
+                    "the device allowlist cannot be enforced: {err:#}"
+                ))
             })?;
         }
         let mut skipped = Vec::new();
@@ -261,7 +274,8 @@ impl Cgroup {
     pub async fn freeze(&self, frozen: bool) -> anyhow::Result<()> {
         let value = if frozen { "1" } else { "0" };
         let file = self.path.join("cgroup.freeze");
-        std::fs::write(&file, value).with_context(|| format!("write {value} to {}", file.display()))?;
+        std::fs::write(&file, value)
+            .with_context(|| format!("write {value} to {}", file.display()))?;
         let events = self.path.join("cgroup.events");
         for _ in 0..200 {
             let content = std::fs::read_to_string(&events).unwrap_or_default();
@@ -276,7 +290,8 @@ impl Cgroup {
     /// The pids in the cgroup (in the agent's PID namespace).
     pub fn pids(&self) -> anyhow::Result<Vec<u32>> {
         let file = self.procs_file();
-        let content = std::fs::read_to_string(&file).with_context(|| format!("read {}", file.display()))?;
+        let content =
+            std::fs::read_to_string(&file).with_context(|| format!("read {}", file.display()))?;
         Ok(content.lines().filter_map(|line| line.trim().parse().ok()).collect())
     }
 
@@ -296,7 +311,8 @@ impl Cgroup {
     pub fn kill_all(&self) -> anyhow::Result<()> {
         let kill = self.path.join("cgroup.kill");
         if kill.exists() {
-            return std::fs::write(&kill, "1").with_context(|| format!("write 1 to {}", kill.display()));
+            return std::fs::write(&kill, "1")
+                .with_context(|| format!("write 1 to {}", kill.display()));
         }
         self.signal_all(libc::SIGKILL)
     }
@@ -310,7 +326,9 @@ impl Cgroup {
                 Err(err) if err.raw_os_error() == Some(libc::EBUSY) => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                Err(err) => return Err(err).with_context(|| format!("rmdir {}", self.path.display())),
+                Err(err) => {
+                    return Err(err).with_context(|| format!("rmdir {}", self.path.display()))
+                }
             }
         }
         anyhow::bail!("the cgroup {} stayed busy", self.path.display())

@@ -60,7 +60,12 @@ fn unlimited_values_become_max() {
     .unwrap();
     assert_eq!(
         files(&writes),
-        vec![("memory.max", "max"), ("memory.swap.max", "max"), ("cpu.max", "max 100000"), ("pids.max", "max")]
+        vec![
+            ("memory.max", "max"),
+            ("memory.swap.max", "max"),
+            ("cpu.max", "max 100000"),
+            ("pids.max", "max")
+        ]
     );
 }
 

@@ -48,7 +48,8 @@ pub fn setup(root: &Path, default_dev: bool, devices: &[LinuxDevice]) -> anyhow:
             }
             let node = Node { kind: SFlag::S_IFCHR, major, minor, mode: 0o666, uid: 0, gid: 0 };
             let resolved = rootfs::resolve_in_root(root, &path)?;
-            make_node(&resolved, &node, &path).with_context(|| format!("create {}", path.display()))?;
+            make_node(&resolved, &node, &path)
+                .with_context(|| format!("create {}", path.display()))?;
         }
         let dev = rootfs::resolve_in_root(root, Path::new("/dev"))?;
         for (name, target) in DEV_SYMLINKS {

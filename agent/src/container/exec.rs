@@ -105,7 +105,10 @@ pub fn exec(program: &Program) -> anyhow::Error {
 mod tests {
     use super::*;
 
-    fn fake(executables: &'static [&'static str], others: &'static [&'static str]) -> impl Fn(&Path) -> Candidate {
+    fn fake(
+        executables: &'static [&'static str],
+        others: &'static [&'static str],
+    ) -> impl Fn(&Path) -> Candidate {
         move |path: &Path| {
             let path = path.to_str().unwrap_or_default();
             if executables.contains(&path) {
@@ -121,7 +124,10 @@ mod tests {
     #[test]
     fn searches_path_in_order() {
         let probe = fake(&["/usr/bin/sh", "/bin/sh"], &[]);
-        assert_eq!(lookup("sh", "/usr/local/bin:/usr/bin:/bin", &probe).unwrap(), PathBuf::from("/usr/bin/sh"));
+        assert_eq!(
+            lookup("sh", "/usr/local/bin:/usr/bin:/bin", &probe).unwrap(),
+            PathBuf::from("/usr/bin/sh")
+        );
     }
 
     #[test]
@@ -158,6 +164,9 @@ mod tests {
 
     #[test]
     fn empty_command_is_invalid() {
-        assert_eq!(lookup("", DEFAULT_PATH, fake(&[], &[])).unwrap_err().code, ErrorCode::InvalidArgument);
+        assert_eq!(
+            lookup("", DEFAULT_PATH, fake(&[], &[])).unwrap_err().code,
+            ErrorCode::InvalidArgument
+        );
     }
 }

@@ -24,7 +24,8 @@ use crate::sys;
 
 /// Entry point of the helper subcommand; never returns.
 pub fn main(args: &[String]) -> ! {
-    let parse = |arg: Option<&String>| arg.and_then(|arg| arg.parse::<RawFd>().ok()).filter(|fd| *fd > 2);
+    let parse =
+        |arg: Option<&String>| arg.and_then(|arg| arg.parse::<RawFd>().ok()).filter(|fd| *fd > 2);
     let (Some(config_fd), Some(sync_fd)) = (parse(args.first()), parse(args.get(1))) else {
         eprintln!("bazaar-agent: {} is internal to the agent", super::HELPER_SUBCOMMAND);
         std::process::exit(2);
@@ -33,9 +34,8 @@ pub fn main(args: &[String]) -> ! {
     let _ = sys::set_cloexec(config_fd, true);
     let _ = sys::set_cloexec(sync_fd, true);
     // SAFETY: the agent passed these two fds open for us alone (argv names them).
-    let (config_file, sync) = unsafe {
-        (File::from_raw_fd(config_fd), SyncSocket::new(OwnedFd::from_raw_fd(sync_fd)))
-    };
+    let (config_file, sync) =
+        unsafe { (File::from_raw_fd(config_fd), SyncSocket::new(OwnedFd::from_raw_fd(sync_fd))) };
     run_with(config_file, sync)
 }
 
@@ -56,7 +56,8 @@ fn run(config_file: File, sync: &SyncSocket) -> anyhow::Result<std::convert::Inf
     })?;
     if let Some(procs) = &config.cgroup_procs {
         // "0" moves the writer; the child forked below inherits the cgroup.
-        std::fs::write(procs, "0").with_context(|| format!("join the cgroup ({})", procs.display()))?;
+        std::fs::write(procs, "0")
+            .with_context(|| format!("join the cgroup ({})", procs.display()))?;
     }
     match &config.mode {
         Mode::Init { spec, .. } => namespaces::enter_new(spec)?,

@@ -39,13 +39,9 @@ pub struct Launcher {
 impl Launcher {
     /// Forks the launcher. Must be called while the agent is still single-threaded.
     pub fn start() -> anyhow::Result<Launcher> {
-        let (agent_end, launcher_end) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .context("create the launcher socket")?;
+        let (agent_end, launcher_end) =
+            socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
+                .context("create the launcher socket")?;
         // SAFETY: the caller guarantees that no other thread exists, so the child may run any
         // code after fork.
         match unsafe { nix::unistd::fork() }.context("fork the launcher")? {

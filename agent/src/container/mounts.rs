@@ -147,13 +147,21 @@ fn mount_one(root: &Path, m: &Mount, cgroup: &CgroupView<'_>) -> anyhow::Result<
     let fstype = match typ {
         // runc's "cgroup" means "the cgroup filesystem of this host"; the guest has v2 only.
         "cgroup" | "cgroup2" => "cgroup2",
-        "" => return Err(SetupError::new(ErrorCode::InvalidArgument, "mount without a type").into()),
+        "" => {
+            return Err(SetupError::new(ErrorCode::InvalidArgument, "mount without a type").into())
+        }
         other => other,
     };
     let source: PathBuf = m.source().clone().unwrap_or_else(|| PathBuf::from(fstype));
     let data = options.data.join(",");
     let flags = options.flags;
-    mount(Some(&source), &target, Some(fstype), flags, (!data.is_empty()).then_some(data.as_str()))?;
+    mount(
+        Some(&source),
+        &target,
+        Some(fstype),
+        flags,
+        (!data.is_empty()).then_some(data.as_str()),
+    )?;
     if !options.propagation.is_empty() {
         mount(None::<&str>, &target, None::<&str>, options.propagation, None::<&str>)
             .context("set the propagation")?;

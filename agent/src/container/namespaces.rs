@@ -67,33 +67,24 @@ pub fn unshare_plan(
 
 /// Whether the container gets a UTS namespace of its own (so its hostname may be set).
 pub fn has_own_uts(spec: &Spec) -> bool {
-    spec.linux()
-        .as_ref()
-        .and_then(|linux| linux.namespaces().as_ref())
-        .is_some_and(|namespaces| {
-            namespaces.iter().any(|ns| ns.typ() == LinuxNamespaceType::Uts && ns.path().is_none())
-        })
+    spec.linux().as_ref().and_then(|linux| linux.namespaces().as_ref()).is_some_and(|namespaces| {
+        namespaces.iter().any(|ns| ns.typ() == LinuxNamespaceType::Uts && ns.path().is_none())
+    })
 }
 
 /// Whether the container gets a cgroup namespace of its own (its cgroup is then the root of what
 /// a cgroup mount shows).
 pub fn has_own_cgroup(spec: &Spec) -> bool {
-    spec.linux()
-        .as_ref()
-        .and_then(|linux| linux.namespaces().as_ref())
-        .is_some_and(|namespaces| {
-            namespaces.iter().any(|ns| ns.typ() == LinuxNamespaceType::Cgroup && ns.path().is_none())
-        })
+    spec.linux().as_ref().and_then(|linux| linux.namespaces().as_ref()).is_some_and(|namespaces| {
+        namespaces.iter().any(|ns| ns.typ() == LinuxNamespaceType::Cgroup && ns.path().is_none())
+    })
 }
 
 /// Unshares the new namespaces of a container's init (in the single-threaded helper; the new
 /// PID namespace applies to the child it forks next).
 pub fn enter_new(spec: &Spec) -> anyhow::Result<()> {
-    let namespaces = spec
-        .linux()
-        .as_ref()
-        .and_then(|linux| linux.namespaces().clone())
-        .unwrap_or_default();
+    let namespaces =
+        spec.linux().as_ref().and_then(|linux| linux.namespaces().clone()).unwrap_or_default();
     let (flags, _shared) = unshare_plan(&namespaces)?;
     nix::sched::unshare(flags).with_context(|| format!("unshare({flags:?})"))
 }
@@ -120,7 +111,8 @@ pub fn join(init_pid: i32) -> anyhow::Result<()> {
     for (name, flag) in kinds {
         let theirs = format!("{proc_dir}/ns/{name}");
         let ours = format!("/proc/self/ns/{name}");
-        let (Ok(theirs_meta), Ok(ours_meta)) = (std::fs::metadata(&theirs), std::fs::metadata(&ours))
+        let (Ok(theirs_meta), Ok(ours_meta)) =
+            (std::fs::metadata(&theirs), std::fs::metadata(&ours))
         else {
             continue; // namespace type not supported by this kernel
         };
@@ -131,7 +123,8 @@ pub fn join(init_pid: i32) -> anyhow::Result<()> {
         to_join.push((name, file, flag));
     }
     for (name, file, flag) in to_join {
-        nix::sched::setns(&file, flag).with_context(|| format!("setns into the container's {name} namespace"))?;
+        nix::sched::setns(&file, flag)
+            .with_context(|| format!("setns into the container's {name} namespace"))?;
     }
     nix::unistd::fchdir(&root).context("fchdir to the container's root")?;
     nix::unistd::chroot(".").context("chroot to the container's root")?;

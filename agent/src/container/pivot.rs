@@ -21,8 +21,14 @@ pub fn switch_root(rootfs: &Path, no_pivot: bool) -> anyhow::Result<()> {
             Ok(()) => {
                 // The old root is stacked under the new one at "."; keep its unmount from
                 // propagating anywhere, then detach it.
-                mount(None::<&str>, ".", None::<&str>, MsFlags::MS_SLAVE | MsFlags::MS_REC, None::<&str>)
-                    .context("make the old root a slave")?;
+                mount(
+                    None::<&str>,
+                    ".",
+                    None::<&str>,
+                    MsFlags::MS_SLAVE | MsFlags::MS_REC,
+                    None::<&str>,
+                )
+                .context("make the old root a slave")?;
                 umount2(".", MntFlags::MNT_DETACH).context("detach the old root")?;
                 chdir("/").context("chdir /")?;
                 return Ok(());
@@ -46,7 +52,8 @@ fn move_root(rootfs: &Path) -> anyhow::Result<()> {
         // Already gone with a parent (EINVAL) or busy in some odd way: nothing to do.
         let _ = umount2(&point, MntFlags::MNT_DETACH);
     }
-    mount(Some(rootfs), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).context("move the root over /")?;
+    mount(Some(rootfs), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .context("move the root over /")?;
     chroot(".").context("chroot")?;
     chdir("/").context("chdir /")?;
     Ok(())

@@ -46,7 +46,9 @@ impl Prepared {
 pub fn prepare(process: &Process, profile: Option<&LinuxSeccomp>) -> anyhow::Result<Prepared> {
     let args = process.args().as_deref().unwrap_or_default();
     let Some(arg0) = args.first() else {
-        return Err(SetupError::new(ErrorCode::InvalidArgument, "process.args must not be empty").into());
+        return Err(
+            SetupError::new(ErrorCode::InvalidArgument, "process.args must not be empty").into()
+        );
     };
     let no_new_privs = process.no_new_privileges() == Some(true);
     let filter = seccomp::filter_for(profile)?;
@@ -127,7 +129,11 @@ pub fn prepare(process: &Process, profile: Option<&LinuxSeccomp>) -> anyhow::Res
 fn cwd_error(cwd: &Path, err: Errno) -> SetupError {
     SetupError::new(
         ErrorCode::InvalidArgument,
-        format!("chdir to cwd ({:?}) set in config.json failed: {}", cwd.display().to_string(), err.desc()),
+        format!(
+            "chdir to cwd ({:?}) set in config.json failed: {}",
+            cwd.display().to_string(),
+            err.desc()
+        ),
     )
 }
 
@@ -170,7 +176,10 @@ fn resolve_ids(process: &Process, passwd: Option<&str>) -> Result<Ids, SetupErro
 
 fn c_string(value: &str, what: &str) -> Result<CString, SetupError> {
     CString::new(value).map_err(|_| {
-        SetupError::new(ErrorCode::InvalidArgument, format!("{what} contains a NUL byte: {value:?}"))
+        SetupError::new(
+            ErrorCode::InvalidArgument,
+            format!("{what} contains a NUL byte: {value:?}"),
+        )
     })
 }
 
@@ -193,6 +202,7 @@ fn set_rlimit(rlimit: &PosixRlimit) -> anyhow::Result<()> {
         PosixRlimitType::RlimitRtprio => libc::RLIMIT_RTPRIO,
         PosixRlimitType::RlimitRttime => libc::RLIMIT_RTTIME,
     };
-    sys::setrlimit(resource as libc::c_int, rlimit.soft(), rlimit.hard())
-        .with_context(|| format!("setrlimit {:?} to {}/{}", rlimit.typ(), rlimit.soft(), rlimit.hard()))
+    sys::setrlimit(resource as libc::c_int, rlimit.soft(), rlimit.hard()).with_context(|| {
+        format!("setrlimit {:?} to {}/{}", rlimit.typ(), rlimit.soft(), rlimit.hard())
+    })
 }

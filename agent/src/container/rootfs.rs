@@ -163,7 +163,10 @@ mod tests {
     fn plain_paths_join_the_root() {
         let root = Path::new("/nonexistent-root");
         assert_eq!(resolve_in_root(root, Path::new("/etc/hosts")).unwrap(), root.join("etc/hosts"));
-        assert_eq!(resolve_in_root(root, Path::new("etc/./hosts")).unwrap(), root.join("etc/hosts"));
+        assert_eq!(
+            resolve_in_root(root, Path::new("etc/./hosts")).unwrap(),
+            root.join("etc/hosts")
+        );
     }
 
     #[test]
@@ -180,8 +183,14 @@ mod tests {
         fs::create_dir_all(root.join("real/etc")).unwrap();
         symlink("/real/etc", root.join("etc")).unwrap();
         symlink("/", root.join("escape")).unwrap();
-        assert_eq!(resolve_in_root(root, Path::new("/etc/hosts")).unwrap(), root.join("real/etc/hosts"));
-        assert_eq!(resolve_in_root(root, Path::new("/escape/etc/x")).unwrap(), root.join("real/etc/x"));
+        assert_eq!(
+            resolve_in_root(root, Path::new("/etc/hosts")).unwrap(),
+            root.join("real/etc/hosts")
+        );
+        assert_eq!(
+            resolve_in_root(root, Path::new("/escape/etc/x")).unwrap(),
+            root.join("real/etc/x")
+        );
     }
 
     #[test]

@@ -15,7 +15,11 @@ use super::{devices, masks, mounts, namespaces, pivot, process};
 use crate::sys;
 
 /// Runs the container's init up to the exec of its program; returns only on failure.
-pub fn run_init(config: &HelperConfig, seccomp: Option<&LinuxSeccomp>, sync: &SyncSocket) -> anyhow::Error {
+pub fn run_init(
+    config: &HelperConfig,
+    seccomp: Option<&LinuxSeccomp>,
+    sync: &SyncSocket,
+) -> anyhow::Error {
     match init(config, seccomp, sync) {
         Ok(never) => match never {},
         Err(err) => err,
@@ -24,7 +28,11 @@ pub fn run_init(config: &HelperConfig, seccomp: Option<&LinuxSeccomp>, sync: &Sy
 
 /// Runs an exec'd process (already inside the container's namespaces and root); returns only on
 /// failure.
-pub fn run_exec(config: &HelperConfig, seccomp: Option<&LinuxSeccomp>, sync: &SyncSocket) -> anyhow::Error {
+pub fn run_exec(
+    config: &HelperConfig,
+    seccomp: Option<&LinuxSeccomp>,
+    sync: &SyncSocket,
+) -> anyhow::Error {
     let result = common_start(sync)
         .and_then(|()| if config.terminal { attach_terminal(sync, false) } else { Ok(()) })
         .and_then(|()| process::prepare(&config.process, seccomp));
@@ -46,7 +54,11 @@ fn common_start(sync: &SyncSocket) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init(config: &HelperConfig, seccomp: Option<&LinuxSeccomp>, sync: &SyncSocket) -> anyhow::Result<Infallible> {
+fn init(
+    config: &HelperConfig,
+    seccomp: Option<&LinuxSeccomp>,
+    sync: &SyncSocket,
+) -> anyhow::Result<Infallible> {
     let Mode::Init { spec, rootfs, no_pivot } = &config.mode else {
         bail!("run_init called for an exec");
     };
@@ -102,8 +114,10 @@ fn build_root(
     mount(None::<&str>, rootfs, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT, None::<&str>)
         .context("remount the rootfs with suid and dev")?;
 
-    let cgroup = mounts::CgroupView { dir: cgroup_dir, own_namespace: namespaces::has_own_cgroup(spec) };
-    let dev_mounted = mounts::mount_all(rootfs, spec.mounts().as_deref().unwrap_or_default(), &cgroup)?;
+    let cgroup =
+        mounts::CgroupView { dir: cgroup_dir, own_namespace: namespaces::has_own_cgroup(spec) };
+    let dev_mounted =
+        mounts::mount_all(rootfs, spec.mounts().as_deref().unwrap_or_default(), &cgroup)?;
     let linux = spec.linux().as_ref();
     let devices = linux.and_then(|linux| linux.devices().as_deref()).unwrap_or_default();
     devices::setup(rootfs, dev_mounted, devices).context("devices")?;
@@ -128,9 +142,13 @@ fn build_root(
         masks::mask(linux.masked_paths().as_deref().unwrap_or_default())?;
         if let Some(name) = linux.rootfs_propagation().as_deref().filter(|name| !name.is_empty()) {
             let flags = mounts::propagation_flags(name).ok_or_else(|| {
-                SetupError::new(ErrorCode::InvalidArgument, format!("unknown rootfsPropagation {name:?}"))
+                SetupError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("unknown rootfsPropagation {name:?}"),
+                )
             })?;
-            mount(None::<&str>, "/", None::<&str>, flags, None::<&str>).context("set rootfsPropagation")?;
+            mount(None::<&str>, "/", None::<&str>, flags, None::<&str>)
+                .context("set rootfsPropagation")?;
         }
     }
     if namespaces::has_own_uts(spec) {
@@ -169,8 +187,9 @@ fn create_cwd(spec: &Spec) -> anyhow::Result<()> {
 /// session already), binds it over `/dev/console` for an init, and sends the master to the agent.
 fn attach_terminal(sync: &SyncSocket, bind_console: bool) -> anyhow::Result<()> {
     use std::os::fd::{AsFd, AsRawFd};
-    let (master, slave) = sys::open_pty()
-        .context("open a terminal from the container's /dev/ptmx (is devpts mounted on /dev/pts?)")?;
+    let (master, slave) = sys::open_pty().context(
+        "open a terminal from the container's /dev/ptmx (is devpts mounted on /dev/pts?)",
+    )?;
     if bind_console {
         let number = sys::pty_number(master.as_fd()).context("find the terminal's number")?;
         devices::bind_console(&Path::new("/dev/pts").join(number.to_string()))?;

@@ -279,7 +279,8 @@ mod profiles {
         fn profiles_follow_the_process_not_the_pid() {
             let me = std::process::id() as i32;
             assert!(start_time(me).is_some());
-            let profile: LinuxSeccomp = serde_json::from_str(r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#).unwrap();
+            let profile: LinuxSeccomp =
+                serde_json::from_str(r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#).unwrap();
             register(me, Some(profile.clone()));
             assert_eq!(of(me).unwrap(), Some(profile));
             register(me, None);

@@ -22,7 +22,9 @@ pub async fn create(agent: &Agent, req: &CreateContainerRequest) -> Result<Empty
     let id = req.container_id.as_str();
     validate_id(id)?;
     if agent.sandbox_id().is_none() {
-        return Err(Error::FailedPrecondition("CreateSandbox must come before CreateContainer".to_string()));
+        return Err(Error::FailedPrecondition(
+            "CreateSandbox must come before CreateContainer".to_string(),
+        ));
     }
     let _reservation = agent.reserve(id)?;
     let log = agent.log.new(slog::o!("container" => id.to_string()));
@@ -157,11 +159,7 @@ fn rootfs_path(agent: &Agent, id: &str, spec: &Spec) -> Result<PathBuf> {
 
 fn is_bind(mount: &Mount) -> bool {
     mount.typ().as_deref() == Some("bind")
-        || mount
-            .options()
-            .iter()
-            .flatten()
-            .any(|option| option == "bind" || option == "rbind")
+        || mount.options().iter().flatten().any(|option| option == "bind" || option == "rbind")
 }
 
 /// Maps the source of every bind mount into the shared directory (a no-op in the guest).

@@ -47,17 +47,29 @@ impl AgentServiceImpl {
 
 #[async_trait]
 impl AgentService for AgentServiceImpl {
-    async fn create_sandbox(&self, _: &TtrpcContext, req: CreateSandboxRequest) -> ttrpc::Result<Empty> {
+    async fn create_sandbox(
+        &self,
+        _: &TtrpcContext,
+        req: CreateSandboxRequest,
+    ) -> ttrpc::Result<Empty> {
         let result = sandbox::create(&self.agent, &req).await;
         self.reply("CreateSandbox", &req.sandbox_id, result)
     }
 
-    async fn destroy_sandbox(&self, _: &TtrpcContext, req: DestroySandboxRequest) -> ttrpc::Result<Empty> {
+    async fn destroy_sandbox(
+        &self,
+        _: &TtrpcContext,
+        req: DestroySandboxRequest,
+    ) -> ttrpc::Result<Empty> {
         let result = sandbox::destroy(&self.agent, &req).await;
         self.reply("DestroySandbox", &req.sandbox_id, result)
     }
 
-    async fn create_container(&self, _: &TtrpcContext, req: CreateContainerRequest) -> ttrpc::Result<Empty> {
+    async fn create_container(
+        &self,
+        _: &TtrpcContext,
+        req: CreateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
         let result = container::create(&self.agent, &req).await;
         self.reply("CreateContainer", &req.container_id, result)
     }
@@ -71,22 +83,38 @@ impl AgentService for AgentServiceImpl {
         self.reply("StartContainer", &req.container_id, result)
     }
 
-    async fn remove_container(&self, _: &TtrpcContext, req: RemoveContainerRequest) -> ttrpc::Result<Empty> {
+    async fn remove_container(
+        &self,
+        _: &TtrpcContext,
+        req: RemoveContainerRequest,
+    ) -> ttrpc::Result<Empty> {
         let result = container::remove(&self.agent, &req).await;
         self.reply("RemoveContainer", &req.container_id, result)
     }
 
-    async fn pause_container(&self, _: &TtrpcContext, req: PauseContainerRequest) -> ttrpc::Result<Empty> {
+    async fn pause_container(
+        &self,
+        _: &TtrpcContext,
+        req: PauseContainerRequest,
+    ) -> ttrpc::Result<Empty> {
         let result = container::set_paused(&self.agent, &req.container_id, true).await;
         self.reply("PauseContainer", &req.container_id, result)
     }
 
-    async fn resume_container(&self, _: &TtrpcContext, req: ResumeContainerRequest) -> ttrpc::Result<Empty> {
+    async fn resume_container(
+        &self,
+        _: &TtrpcContext,
+        req: ResumeContainerRequest,
+    ) -> ttrpc::Result<Empty> {
         let result = container::set_paused(&self.agent, &req.container_id, false).await;
         self.reply("ResumeContainer", &req.container_id, result)
     }
 
-    async fn update_container(&self, _: &TtrpcContext, req: UpdateContainerRequest) -> ttrpc::Result<Empty> {
+    async fn update_container(
+        &self,
+        _: &TtrpcContext,
+        req: UpdateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
         let result = container::update(&self.agent, &req);
         self.reply("UpdateContainer", &req.container_id, result)
     }
@@ -109,32 +137,56 @@ impl AgentService for AgentServiceImpl {
         self.reply("ListProcesses", &req.container_id, result)
     }
 
-    async fn exec_process(&self, _: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<ExecProcessResponse> {
+    async fn exec_process(
+        &self,
+        _: &TtrpcContext,
+        req: ExecProcessRequest,
+    ) -> ttrpc::Result<ExecProcessResponse> {
         let result = process::exec(&self.agent, &req).await;
         self.reply("ExecProcess", &req.container_id, result)
     }
 
-    async fn signal_process(&self, _: &TtrpcContext, req: SignalProcessRequest) -> ttrpc::Result<Empty> {
+    async fn signal_process(
+        &self,
+        _: &TtrpcContext,
+        req: SignalProcessRequest,
+    ) -> ttrpc::Result<Empty> {
         let result = process::signal(&self.agent, &req);
         self.reply("SignalProcess", &req.container_id, result)
     }
 
-    async fn wait_process(&self, _: &TtrpcContext, req: WaitProcessRequest) -> ttrpc::Result<WaitProcessResponse> {
+    async fn wait_process(
+        &self,
+        _: &TtrpcContext,
+        req: WaitProcessRequest,
+    ) -> ttrpc::Result<WaitProcessResponse> {
         let result = process::wait(&self.agent, &req).await;
         self.reply("WaitProcess", &req.container_id, result)
     }
 
-    async fn write_stdin(&self, _: &TtrpcContext, req: WriteStreamRequest) -> ttrpc::Result<WriteStreamResponse> {
+    async fn write_stdin(
+        &self,
+        _: &TtrpcContext,
+        req: WriteStreamRequest,
+    ) -> ttrpc::Result<WriteStreamResponse> {
         let result = stdio::write_stdin(&self.agent, &req).await;
         self.reply("WriteStdin", &req.container_id, result)
     }
 
-    async fn read_stdout(&self, _: &TtrpcContext, req: ReadStreamRequest) -> ttrpc::Result<ReadStreamResponse> {
+    async fn read_stdout(
+        &self,
+        _: &TtrpcContext,
+        req: ReadStreamRequest,
+    ) -> ttrpc::Result<ReadStreamResponse> {
         let result = stdio::read(&self.agent, &req, stdio::Stream::Stdout).await;
         self.reply("ReadStdout", &req.container_id, result)
     }
 
-    async fn read_stderr(&self, _: &TtrpcContext, req: ReadStreamRequest) -> ttrpc::Result<ReadStreamResponse> {
+    async fn read_stderr(
+        &self,
+        _: &TtrpcContext,
+        req: ReadStreamRequest,
+    ) -> ttrpc::Result<ReadStreamResponse> {
         let result = stdio::read(&self.agent, &req, stdio::Stream::Stderr).await;
         self.reply("ReadStderr", &req.container_id, result)
     }
@@ -144,12 +196,20 @@ impl AgentService for AgentServiceImpl {
         self.reply("CloseStdin", &req.container_id, result)
     }
 
-    async fn tty_win_resize(&self, _: &TtrpcContext, req: TtyWinResizeRequest) -> ttrpc::Result<Empty> {
+    async fn tty_win_resize(
+        &self,
+        _: &TtrpcContext,
+        req: TtyWinResizeRequest,
+    ) -> ttrpc::Result<Empty> {
         let result = stdio::resize(&self.agent, &req);
         self.reply("TtyWinResize", &req.container_id, result)
     }
 
-    async fn get_oom_event(&self, _: &TtrpcContext, _: GetOOMEventRequest) -> ttrpc::Result<OOMEvent> {
+    async fn get_oom_event(
+        &self,
+        _: &TtrpcContext,
+        _: GetOOMEventRequest,
+    ) -> ttrpc::Result<OOMEvent> {
         match self.agent.oom.next().await {
             Some(container_id) => {
                 let mut event = OOMEvent::new();

@@ -36,7 +36,9 @@ pub async fn exec(agent: &Agent, req: &ExecProcessRequest) -> Result<ExecProcess
         cgroup_procs: container.cgroup.as_ref().map(|cgroup| cgroup.procs_file()),
         mode: Mode::Exec { init_pid: container.init.pid() },
     };
-    let log = agent.log.new(slog::o!("container" => req.container_id.clone(), "exec" => req.exec_id.clone()));
+    let log = agent
+        .log
+        .new(slog::o!("container" => req.container_id.clone(), "exec" => req.exec_id.clone()));
     let mut spawned = spawn::spawn(&agent.reaper, &config, child_stdio, &log).await?;
     let io = pending_io.finish(spawned.console.take())?;
     let pid = spawned.watched.pid;
@@ -65,7 +67,9 @@ pub fn signal(agent: &Agent, req: &SignalProcessRequest) -> Result<Empty> {
             "process {:?} of container {} already finished",
             req.exec_id, req.container_id
         ))),
-        Err(err) => Err(Error::Internal(anyhow::Error::from(err).context(format!("signal {signal}")))),
+        Err(err) => {
+            Err(Error::Internal(anyhow::Error::from(err).context(format!("signal {signal}"))))
+        }
     }
 }
 

@@ -67,7 +67,10 @@ pub async fn create(agent: &Agent, req: &CreateSandboxRequest) -> Result<Empty> 
 pub async fn destroy(agent: &Agent, req: &DestroySandboxRequest) -> Result<Empty> {
     if let Some(existing) = agent.sandbox_id() {
         if !req.sandbox_id.is_empty() && req.sandbox_id != existing {
-            return Err(Error::NotFound(format!("sandbox {} not found (this is {existing})", req.sandbox_id)));
+            return Err(Error::NotFound(format!(
+                "sandbox {} not found (this is {existing})",
+                req.sandbox_id
+            )));
         }
     }
     info!(agent.log, "destroying the sandbox"; "sandbox" => &req.sandbox_id);

@@ -33,7 +33,11 @@ pub async fn write_stdin(agent: &Agent, req: &WriteStreamRequest) -> Result<Writ
 }
 
 /// Reads up to `len` bytes, waiting for at least one; empty data is end of stream.
-pub async fn read(agent: &Agent, req: &ReadStreamRequest, stream: Stream) -> Result<ReadStreamResponse> {
+pub async fn read(
+    agent: &Agent,
+    req: &ReadStreamRequest,
+    stream: Stream,
+) -> Result<ReadStreamResponse> {
     let process = agent.container(&req.container_id)?.process(&req.exec_id)?;
     let len = req.len as usize;
     let data = match stream {

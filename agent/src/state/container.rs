@@ -110,7 +110,10 @@ impl Container {
     pub async fn start(&self) -> Result<i32> {
         let mut start = self.start.lock().await;
         let Some(sync) = start.as_ref() else {
-            return Err(Error::FailedPrecondition(format!("container {} is already started", self.id)));
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is already started",
+                self.id
+            )));
         };
         if self.init.exit_status().is_some() {
             return Err(Error::FailedPrecondition(format!(

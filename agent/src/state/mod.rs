@@ -74,7 +74,9 @@ impl Agent {
     pub fn set_sandbox(&self, id: &str) -> Result<()> {
         let mut sandbox = lock(&self.sandbox);
         if let Some(existing) = sandbox.as_ref() {
-            return Err(Error::FailedPrecondition(format!("sandbox {existing} is already created")));
+            return Err(Error::FailedPrecondition(format!(
+                "sandbox {existing} is already created"
+            )));
         }
         *sandbox = Some(id.to_string());
         Ok(())

@@ -58,7 +58,8 @@ fn cgroup_root() -> PathBuf {
 impl Env {
     /// Builds the rootfs, starts the agent (host mode) and connects to it; creates the sandbox.
     pub async fn start(name: &str, extra_args: &[&str]) -> Env {
-        let mut args: Vec<String> = vec!["--cgroup-root".into(), cgroup_root().display().to_string()];
+        let mut args: Vec<String> =
+            vec!["--cgroup-root".into(), cgroup_root().display().to_string()];
         args.extend(extra_args.iter().map(|arg| arg.to_string()));
         Env::launch(name, &[], &std::env::temp_dir(), &args).await
     }
@@ -71,8 +72,17 @@ impl Env {
     /// (/etc/resolv.conf) away from the host; `exec` keeps the agent PID 1.
     pub async fn start_as_pid1(name: &str) -> Env {
         let launcher = [
-            "unshare", "--mount", "--pid", "--uts", "--ipc", "--net", "--fork", "--kill-child",
-            "sh", "-c", "mount -t tmpfs bazaar-test-etc /etc && exec \"$0\" \"$@\"",
+            "unshare",
+            "--mount",
+            "--pid",
+            "--uts",
+            "--ipc",
+            "--net",
+            "--fork",
+            "--kill-child",
+            "sh",
+            "-c",
+            "mount -t tmpfs bazaar-test-etc /etc && exec \"$0\" \"$@\"",
         ];
         Env::launch(name, &launcher, Path::new("/var/tmp"), &[]).await
     }
@@ -147,7 +157,13 @@ impl Env {
         false
     }
 
-    pub async fn create(&self, id: &str, spec: &Value, terminal: bool, stdin: bool) -> ttrpc::Result<Empty> {
+    pub async fn create(
+        &self,
+        id: &str,
+        spec: &Value,
+        terminal: bool,
+        stdin: bool,
+    ) -> ttrpc::Result<Empty> {
         let mut req = CreateContainerRequest::new();
         req.container_id = id.to_string();
         req.oci_spec_json = serde_json::to_vec(spec).expect("spec json");
@@ -191,7 +207,13 @@ impl Env {
         }
     }
 
-    pub async fn signal(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> ttrpc::Result<Empty> {
+    pub async fn signal(
+        &self,
+        id: &str,
+        exec_id: &str,
+        signal: u32,
+        all: bool,
+    ) -> ttrpc::Result<Empty> {
         let mut req = SignalProcessRequest::new();
         req.container_id = id.to_string();
         req.exec_id = exec_id.to_string();
@@ -215,7 +237,11 @@ impl Env {
         let stdout = self.read_all(id, "", false).await;
         let stderr = self.read_all(id, "", true).await;
         self.remove(id).await;
-        (status, String::from_utf8_lossy(&stdout).into_owned(), String::from_utf8_lossy(&stderr).into_owned())
+        (
+            status,
+            String::from_utf8_lossy(&stdout).into_owned(),
+            String::from_utf8_lossy(&stderr).into_owned(),
+        )
     }
 }
 
@@ -240,7 +266,11 @@ impl Drop for Env {
         let leftovers = mounts_under(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
         if !std::thread::panicking() {
-            assert!(leftovers.is_empty(), "mounts left under {}: {leftovers:?}", self.dir.display());
+            assert!(
+                leftovers.is_empty(),
+                "mounts left under {}: {leftovers:?}",
+                self.dir.display()
+            );
         }
     }
 }
@@ -272,7 +302,8 @@ fn build_rootfs(rootfs: &Path) {
     .expect("write passwd");
     std::fs::write(rootfs.join("etc/group"), "root:x:0:\nalice:x:1000:\nstaff:x:50:alice\n")
         .expect("write group");
-    nix::unistd::chown(&rootfs.join("home/alice"), Some(1000.into()), Some(1000.into())).expect("chown home");
+    nix::unistd::chown(&rootfs.join("home/alice"), Some(1000.into()), Some(1000.into()))
+        .expect("chown home");
     std::fs::write(rootfs.join("etc/data"), "not a program\n").expect("write data");
 }
 

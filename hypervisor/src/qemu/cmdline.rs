@@ -88,55 +88,36 @@ pub fn qemu_args(args: &QemuArgs) -> Result<Vec<OsString>> {
     let memory = format!("{}M", config.memory_mib);
 
     let mut out = Argv::default();
-    out.push("-name")
-        .push(opt(OsStr::new(&format!("bazaar-{}", config.sandbox_id))));
-    out.push("-no-user-config")
-        .push("-nodefaults")
-        .push("-nographic")
-        .push("-no-reboot");
+    out.push("-name").push(opt(OsStr::new(&format!("bazaar-{}", config.sandbox_id))));
+    out.push("-no-user-config").push("-nodefaults").push("-nographic").push("-no-reboot");
     // rtc=on: without the CMOS clock the guest waits ~1 s for it at boot and starts in 1970.
     // x-option-roms=off: nothing to run from option ROMs with a direct kernel boot.
-    out.push("-machine")
-        .push("microvm,acpi=off,rtc=on,x-option-roms=off,memory-backend=mem");
+    out.push("-machine").push("microvm,acpi=off,rtc=on,x-option-roms=off,memory-backend=mem");
     out.push("-accel").push(accel);
     out.push("-cpu").push(cpu);
     out.push("-smp").push(config.vcpus.to_string());
     out.push("-m").push(&memory);
-    out.push("-object").push(format!(
-        "memory-backend-memfd,id=mem,size={memory},share=on"
-    ));
+    out.push("-object").push(format!("memory-backend-memfd,id=mem,size={memory},share=on"));
     // Modern (virtio 1.0) virtio-mmio transport for every device.
     out.push("-global").push("virtio-mmio.force-legacy=false");
     out.push("-kernel").push(config.kernel.as_os_str());
     out.push("-initrd").push(config.initrd.as_os_str());
-    out.push("-append").push(kernel_cmdline_for(
-        args.acceleration,
-        &config.extra_kernel_params,
-    ));
+    out.push("-append").push(kernel_cmdline_for(args.acceleration, &config.extra_kernel_params));
     out.push("-chardev").push("stdio,id=console,signal=off");
     out.push("-serial").push("chardev:console");
-    out.push("-chardev")
-        .push(socket_chardev("vsock", args.vhost_vsock_socket, ""));
-    out.push("-device")
-        .push("vhost-user-vsock-device,chardev=vsock");
+    out.push("-chardev").push(socket_chardev("vsock", args.vhost_vsock_socket, ""));
+    out.push("-device").push("vhost-user-vsock-device,chardev=vsock");
     if let Some(fs) = args.shared_fs {
         check_tag(fs.tag)?;
-        out.push("-chardev")
-            .push(socket_chardev("fs0", fs.socket, ""));
-        out.push("-device")
-            .push(format!("vhost-user-fs-device,chardev=fs0,tag={}", fs.tag));
+        out.push("-chardev").push(socket_chardev("fs0", fs.socket, ""));
+        out.push("-device").push(format!("vhost-user-fs-device,chardev=fs0,tag={}", fs.tag));
     }
     // Free page reporting: the guest hands pages it frees back to the host (QEMU punches them
     // out of the memfd), so an idle sandbox does not keep what its boot touched once (the
     // initrd image, init memory). Needs CONFIG_VIRTIO_BALLOON in the guest kernel; the balloon
     // itself is never inflated.
-    out.push("-device")
-        .push("virtio-balloon-device,free-page-reporting=on");
-    out.push("-chardev").push(socket_chardev(
-        "qmp",
-        args.qmp_socket,
-        ",server=on,wait=off",
-    ));
+    out.push("-device").push("virtio-balloon-device,free-page-reporting=on");
+    out.push("-chardev").push(socket_chardev("qmp", args.qmp_socket, ",server=on,wait=off"));
     out.push("-mon").push("chardev=qmp,mode=control");
     Ok(out.0)
 }
@@ -170,10 +151,7 @@ fn check_tag(tag: &str) -> Result<()> {
     if tag.is_empty() || tag.len() > MAX_TAG_LEN {
         bail!("virtio-fs tag {tag:?} must be 1 to {MAX_TAG_LEN} bytes long");
     }
-    if !tag
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-    {
+    if !tag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
         bail!("virtio-fs tag {tag:?} may only contain ASCII letters, digits, '-', '_' and '.'");
     }
     Ok(())
@@ -240,10 +218,7 @@ mod tests {
     }
 
     fn value_of<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
-        args.windows(2)
-            .filter(|w| w[0] == flag)
-            .map(|w| w[1].as_str())
-            .collect()
+        args.windows(2).filter(|w| w[0] == flag).map(|w| w[1].as_str()).collect()
     }
 
     #[test]
@@ -334,10 +309,7 @@ mod tests {
         assert!(qemu_args(&args).is_err());
         args.acceleration = Acceleration::Tcg;
         for tag in ["", "a,b", "x".repeat(37).as_str()] {
-            args.shared_fs = Some(SharedFsArg {
-                tag,
-                socket: Path::new("/r/f.sock"),
-            });
+            args.shared_fs = Some(SharedFsArg { tag, socket: Path::new("/r/f.sock") });
             assert!(qemu_args(&args).is_err(), "tag {tag:?} accepted");
         }
     }
@@ -360,25 +332,14 @@ mod tests {
 
     #[test]
     fn helper_command_lines() {
-        let vsock = strings(vhost_vsock_args(
-            Path::new("/r/vhost-vsock.sock"),
-            Path::new("/r/vsock.sock"),
-        ));
+        let vsock =
+            strings(vhost_vsock_args(Path::new("/r/vhost-vsock.sock"), Path::new("/r/vsock.sock")));
         assert_eq!(
             vsock,
-            [
-                "--guest-cid",
-                "3",
-                "--socket",
-                "/r/vhost-vsock.sock",
-                "--uds-path",
-                "/r/vsock.sock"
-            ]
+            ["--guest-cid", "3", "--socket", "/r/vhost-vsock.sock", "--uds-path", "/r/vsock.sock"]
         );
-        let fs = strings(virtiofsd_args(
-            Path::new("/r/virtiofsd.sock"),
-            &PathBuf::from("/r/shared"),
-        ));
+        let fs =
+            strings(virtiofsd_args(Path::new("/r/virtiofsd.sock"), &PathBuf::from("/r/shared")));
         assert_eq!(
             fs,
             [

@@ -155,10 +155,10 @@ impl Qemu {
             config: &self.config,
             acceleration: self.acceleration.acceleration,
             vhost_vsock_socket: &vhost_vsock_socket,
-            shared_fs: self.shared_fs.as_ref().map(|fs| SharedFsArg {
-                tag: &fs.tag,
-                socket: &virtiofsd_socket,
-            }),
+            shared_fs: self
+                .shared_fs
+                .as_ref()
+                .map(|fs| SharedFsArg { tag: &fs.tag, socket: &virtiofsd_socket }),
             qmp_socket: &qmp_socket,
         })
     }
@@ -220,9 +220,7 @@ impl Qemu {
             &self.logger,
         )?;
         children.vhost_vsock = Some(vhost_vsock.clone());
-        vhost_vsock
-            .wait_for_path(&vhost_vsock_socket, HELPER_READY_TIMEOUT)
-            .await?;
+        vhost_vsock.wait_for_path(&vhost_vsock_socket, HELPER_READY_TIMEOUT).await?;
 
         if let Some(fs) = &self.shared_fs {
             let args = cmdline::virtiofsd_args(&virtiofsd_socket, &fs.host_dir);
@@ -234,9 +232,7 @@ impl Qemu {
                 &self.logger,
             )?;
             children.virtiofsd = Some(virtiofsd.clone());
-            virtiofsd
-                .wait_for_path(&virtiofsd_socket, HELPER_READY_TIMEOUT)
-                .await?;
+            virtiofsd.wait_for_path(&virtiofsd_socket, HELPER_READY_TIMEOUT).await?;
         }
 
         let args = self.qemu_args()?;
@@ -255,23 +251,15 @@ impl Qemu {
             qemu.wait_for_path(&qmp_socket, QEMU_READY_TIMEOUT).await?;
             let mut qmp = Qmp::connect(&qmp_socket, QMP_TIMEOUT).await?;
             let status = qmp.execute("query-status").await?;
-            let run_state = status
-                .get("status")
-                .and_then(|s| s.as_str())
-                .unwrap_or("unknown");
+            let run_state = status.get("status").and_then(|s| s.as_str()).unwrap_or("unknown");
             if run_state != "running" {
                 bail!("QEMU reports VM state {run_state:?}, expected \"running\"");
             }
             drop(qmp);
-            vhost_vsock
-                .wait_for_path(&vsock_socket, HELPER_READY_TIMEOUT)
-                .await
+            vhost_vsock.wait_for_path(&vsock_socket, HELPER_READY_TIMEOUT).await
         };
         ready.await.map_err(|err| match qemu.exited() {
-            Some(exit) => anyhow!(
-                "QEMU exited ({exit}) while starting: {}",
-                qemu.tail.summary()
-            ),
+            Some(exit) => anyhow!("QEMU exited ({exit}) while starting: {}", qemu.tail.summary()),
             None => err,
         })
     }
@@ -290,10 +278,7 @@ impl Qemu {
                 VmExit::Stopped
             } else {
                 warn!(logger, "VM exited by itself"; "status" => %status);
-                VmExit::Exited {
-                    code: status.code,
-                    signal: status.signal,
-                }
+                VmExit::Exited { code: status.code, signal: status.signal }
             };
             if let Err(err) = children.end_all(&logger).await {
                 warn!(logger, "ending the helpers after the VM exit"; "error" => format!("{err:#}"));
@@ -317,10 +302,7 @@ impl Qemu {
 
 impl Children {
     fn all(&self) -> impl Iterator<Item = &ChildHandle> {
-        self.vhost_vsock
-            .iter()
-            .chain(self.virtiofsd.iter())
-            .chain(self.qemu.iter())
+        self.vhost_vsock.iter().chain(self.virtiofsd.iter()).chain(self.qemu.iter())
     }
 
     /// Asks QEMU to quit (QMP, else SIGTERM), SIGKILLs it after the grace period, then ends the
@@ -387,8 +369,7 @@ fn remove_files(paths: &[PathBuf], logger: &Logger) {
 fn command_line(program: &Path, args: &[OsString]) -> String {
     let quote = |s: &str| {
         if !s.is_empty()
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_=,./:+@".contains(&b))
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_=,./:+@".contains(&b))
         {
             s.to_string()
         } else {
@@ -436,21 +417,16 @@ impl Hypervisor for Qemu {
             }
             self.state = State::Stopped;
             self.publish_stopped();
-            return Err(err.context(format!(
-                "starting the VM of sandbox {}",
-                self.config.sandbox_id
-            )));
+            return Err(
+                err.context(format!("starting the VM of sandbox {}", self.config.sandbox_id))
+            );
         }
         let children = Arc::new(children);
         let stopping = Arc::new(AtomicBool::new(false));
         let monitor = self.spawn_monitor(children.clone(), stopping.clone());
         info!(self.logger, "VM running"; "elapsed_ms" => started.elapsed().as_millis() as u64,
             "pids" => ?children.all().map(|c| (c.name, c.pid)).collect::<Vec<_>>());
-        self.state = State::Running(Running {
-            children,
-            stopping,
-            monitor,
-        });
+        self.state = State::Running(Running { children, stopping, monitor });
         Ok(())
     }
 
@@ -477,14 +453,9 @@ impl Hypervisor for Qemu {
             State::Running(running) => running,
         };
         running.stopping.store(true, Ordering::SeqCst);
-        let result = running
-            .children
-            .end_all_with_quit(&self.socket(QMP_SOCKET), &self.logger)
-            .await;
-        if tokio::time::timeout(MONITOR_WAIT, running.monitor)
-            .await
-            .is_err()
-        {
+        let result =
+            running.children.end_all_with_quit(&self.socket(QMP_SOCKET), &self.logger).await;
+        if tokio::time::timeout(MONITOR_WAIT, running.monitor).await.is_err() {
             warn!(self.logger, "the exit monitor did not finish");
         }
         self.publish_stopped();

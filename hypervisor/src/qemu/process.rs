@@ -80,12 +80,9 @@ pub fn spawn(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let mut child = command
-        .spawn()
-        .with_context(|| format!("starting {name} ({})", program.display()))?;
-    let pid = child
-        .id()
-        .ok_or_else(|| anyhow!("{name} exited before its PID could be read"))?;
+    let mut child =
+        command.spawn().with_context(|| format!("starting {name} ({})", program.display()))?;
+    let pid = child.id().ok_or_else(|| anyhow!("{name} exited before its PID could be read"))?;
     // Right after spawn the PID is ours (not reaped yet), so this start time is the child's.
     let start_time = process_start_time(pid).unwrap_or(0);
     debug!(logger, "started"; "pid" => pid, "program" => %program.display(),
@@ -94,21 +91,13 @@ pub fn spawn(
     let tail = OutputTail::default();
     let mut forwarders = Vec::new();
     if let Some(stderr) = child.stderr.take() {
-        forwarders.push(tokio::spawn(forward_output(
-            stderr,
-            logger.clone(),
-            tail.clone(),
-        )));
+        forwarders.push(tokio::spawn(forward_output(stderr, logger.clone(), tail.clone())));
     }
     let taken = match stdout {
         Stdout::Take => child.stdout.take(),
         Stdout::Log => {
             if let Some(out) = child.stdout.take() {
-                forwarders.push(tokio::spawn(forward_output(
-                    out,
-                    logger.clone(),
-                    tail.clone(),
-                )));
+                forwarders.push(tokio::spawn(forward_output(out, logger.clone(), tail.clone())));
             }
             None
         }
@@ -117,14 +106,7 @@ pub fn spawn(
     let (signal_tx, signal_rx) = mpsc::unbounded_channel();
     let (exit_tx, exit_rx) = watch::channel(None);
     tokio::spawn(supervise(child, signal_rx, exit_tx, forwarders, logger));
-    let handle = ChildHandle {
-        name,
-        pid,
-        start_time,
-        signals: signal_tx,
-        exit: exit_rx,
-        tail,
-    };
+    let handle = ChildHandle { name, pid, start_time, signals: signal_tx, exit: exit_rx, tail };
     Ok((handle, taken))
 }
 
@@ -159,17 +141,11 @@ async fn supervise(
     let exit_status = match status {
         Ok(status) => {
             use std::os::unix::process::ExitStatusExt;
-            ChildExit {
-                code: status.code(),
-                signal: status.signal(),
-            }
+            ChildExit { code: status.code(), signal: status.signal() }
         }
         Err(err) => {
             slog::warn!(logger, "waiting for the process failed"; "error" => %err);
-            ChildExit {
-                code: None,
-                signal: None,
-            }
+            ChildExit { code: None, signal: None }
         }
     };
     for forwarder in forwarders {
@@ -187,11 +163,7 @@ impl ChildHandle {
     }
 
     pub fn record(&self) -> ProcessRecord {
-        ProcessRecord {
-            name: self.name.to_string(),
-            pid: self.pid,
-            start_time: self.start_time,
-        }
+        ProcessRecord { name: self.name.to_string(), pid: self.pid, start_time: self.start_time }
     }
 
     /// Sends `signal` if the child has not been reaped yet.
@@ -204,16 +176,10 @@ impl ChildHandle {
         let mut exit = self.exit.clone();
         let result = exit.wait_for(Option::is_some).await.map(|value| *value);
         match result {
-            Ok(value) => value.unwrap_or(ChildExit {
-                code: None,
-                signal: None,
-            }),
+            Ok(value) => value.unwrap_or(ChildExit { code: None, signal: None }),
             // The supervisor is gone, which it only is after publishing the exit (or when the
             // runtime shuts down and kill_on_drop ends the child).
-            Err(_) => (*exit.borrow()).unwrap_or(ChildExit {
-                code: None,
-                signal: None,
-            }),
+            Err(_) => (*exit.borrow()).unwrap_or(ChildExit { code: None, signal: None }),
         }
     }
 
@@ -238,11 +204,7 @@ impl ChildHandle {
         }
         self.signal(Signal::SIGKILL);
         self.wait_timeout(KILL_WAIT).await.ok_or_else(|| {
-            anyhow!(
-                "{} (pid {}) survived SIGKILL for {KILL_WAIT:?}",
-                self.name,
-                self.pid
-            )
+            anyhow!("{} (pid {}) survived SIGKILL for {KILL_WAIT:?}", self.name, self.pid)
         })
     }
 
@@ -285,14 +247,9 @@ mod tests {
 
     #[tokio::test]
     async fn terminate_ends_a_child_and_is_idempotent() {
-        let (child, _) = spawn(
-            "sleep",
-            Path::new("/bin/sleep"),
-            &["30".into()],
-            Stdout::Log,
-            &logger(),
-        )
-        .unwrap();
+        let (child, _) =
+            spawn("sleep", Path::new("/bin/sleep"), &["30".into()], Stdout::Log, &logger())
+                .unwrap();
         assert!(child.start_time > 0);
         assert!(child.exited().is_none());
         let exit = child.terminate(Duration::from_secs(2)).await.unwrap();
@@ -306,18 +263,10 @@ mod tests {
 
     #[tokio::test]
     async fn sigkill_follows_an_ignored_sigterm() {
-        let args: Vec<OsString> = vec![
-            "-c".into(),
-            "trap '' TERM; echo ready; sleep 30 & wait".into(),
-        ];
-        let (child, _) = spawn(
-            "stubborn",
-            Path::new("/bin/sh"),
-            &args,
-            Stdout::Log,
-            &logger(),
-        )
-        .unwrap();
+        let args: Vec<OsString> =
+            vec!["-c".into(), "trap '' TERM; echo ready; sleep 30 & wait".into()];
+        let (child, _) =
+            spawn("stubborn", Path::new("/bin/sh"), &args, Stdout::Log, &logger()).unwrap();
         // Let the shell install its trap.
         let deadline = Instant::now() + Duration::from_secs(5);
         while child.tail.summary() != "ready" && Instant::now() < deadline {
@@ -330,14 +279,8 @@ mod tests {
     #[tokio::test]
     async fn waiting_for_a_path_reports_an_early_exit_with_output() {
         let args: Vec<OsString> = vec!["-c".into(), "echo 'bad option --frob' >&2; exit 3".into()];
-        let (child, _) = spawn(
-            "helper",
-            Path::new("/bin/sh"),
-            &args,
-            Stdout::Log,
-            &logger(),
-        )
-        .unwrap();
+        let (child, _) =
+            spawn("helper", Path::new("/bin/sh"), &args, Stdout::Log, &logger()).unwrap();
         let err = child
             .wait_for_path(Path::new("/nonexistent/x.sock"), Duration::from_secs(5))
             .await
@@ -349,22 +292,15 @@ mod tests {
 
     #[tokio::test]
     async fn dropping_every_handle_kills_the_child() {
-        let (child, _) = spawn(
-            "sleep",
-            Path::new("/bin/sleep"),
-            &["30".into()],
-            Stdout::Log,
-            &logger(),
-        )
-        .unwrap();
+        let (child, _) =
+            spawn("sleep", Path::new("/bin/sleep"), &["30".into()], Stdout::Log, &logger())
+                .unwrap();
         let record = child.record();
         let exit = child.exit.clone();
         drop(child);
         let mut exit = exit;
-        let status = timeout(Duration::from_secs(5), exit.wait_for(Option::is_some))
-            .await
-            .unwrap()
-            .unwrap();
+        let status =
+            timeout(Duration::from_secs(5), exit.wait_for(Option::is_some)).await.unwrap().unwrap();
         assert_eq!(status.unwrap().signal, Some(libc::SIGKILL));
         assert!(crate::records::process_start_time(record.pid).unwrap_or(0) != record.start_time);
     }

@@ -19,9 +19,7 @@ impl Qmp {
     pub async fn connect(socket: &Path, limit: Duration) -> Result<Qmp> {
         timeout(limit, async {
             let stream = connect_when_listening(socket).await?;
-            let mut qmp = Qmp {
-                reader: BufReader::new(stream),
-            };
+            let mut qmp = Qmp { reader: BufReader::new(stream) };
             let greeting = qmp
                 .read_message()
                 .await?
@@ -38,9 +36,7 @@ impl Qmp {
 
     /// Runs `command` (no arguments) and returns its `return` value.
     pub async fn execute(&mut self, command: &str) -> Result<Value> {
-        self.request(command)
-            .await?
-            .ok_or_else(|| anyhow!("QMP closed before answering {command}"))
+        self.request(command).await?.ok_or_else(|| anyhow!("QMP closed before answering {command}"))
     }
 
     /// Asks QEMU to quit. QEMU may close the connection before its answer arrives, which
@@ -53,11 +49,7 @@ impl Qmp {
     async fn request(&mut self, command: &str) -> Result<Option<Value>> {
         let mut request = json!({ "execute": command }).to_string();
         request.push('\n');
-        self.reader
-            .get_mut()
-            .write_all(request.as_bytes())
-            .await
-            .context("writing to QMP")?;
+        self.reader.get_mut().write_all(request.as_bytes()).await.context("writing to QMP")?;
         while let Some(message) = self.read_message().await? {
             if let Some(value) = message.get("return") {
                 return Ok(Some(value.clone()));
@@ -74,13 +66,7 @@ impl Qmp {
         let mut line = String::new();
         loop {
             line.clear();
-            if self
-                .reader
-                .read_line(&mut line)
-                .await
-                .context("reading from QMP")?
-                == 0
-            {
+            if self.reader.read_line(&mut line).await.context("reading from QMP")? == 0 {
                 return Ok(None);
             }
             if !line.trim().is_empty() {
@@ -131,11 +117,7 @@ mod tests {
             let mut line = String::new();
             stream.read_line(&mut line).await.unwrap();
             assert!(line.contains("qmp_capabilities"));
-            stream
-                .get_mut()
-                .write_all(b"{\"return\": {}}\r\n")
-                .await
-                .unwrap();
+            stream.get_mut().write_all(b"{\"return\": {}}\r\n").await.unwrap();
             line.clear();
             stream.read_line(&mut line).await.unwrap();
             assert!(line.contains("query-status"));

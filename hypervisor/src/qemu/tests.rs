@@ -58,10 +58,7 @@ impl Fixture {
 
 fn pid_gone(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
         Err(_) => true,
     }
 }
@@ -75,11 +72,8 @@ async fn missing_programs_and_files_are_named() {
         vhost_vsock: "/bin/true".into(),
     };
     let mut qemu = fx.qemu(paths);
-    qemu.add_device(Device::SharedFs {
-        tag: "bazaarfs".into(),
-        host_dir: fx.path("shared"),
-    })
-    .unwrap();
+    qemu.add_device(Device::SharedFs { tag: "bazaarfs".into(), host_dir: fx.path("shared") })
+        .unwrap();
     let err = qemu.start().await.unwrap_err();
     assert!(
         format!("{err:#}").contains("virtiofsd binary")
@@ -87,10 +81,7 @@ async fn missing_programs_and_files_are_named() {
         "{err:#}"
     );
 
-    let mut qemu = fx.qemu(QemuPaths {
-        qemu: fx.path("no-qemu"),
-        ..QemuPaths::default()
-    });
+    let mut qemu = fx.qemu(QemuPaths { qemu: fx.path("no-qemu"), ..QemuPaths::default() });
     let err = qemu.start().await.unwrap_err();
     assert!(format!("{err:#}").contains("no-qemu"), "{err:#}");
 }
@@ -99,10 +90,7 @@ async fn missing_programs_and_files_are_named() {
 async fn devices_only_before_start_and_one_share() {
     let fx = Fixture::new();
     let mut qemu = fx.qemu(QemuPaths::default());
-    let share = || Device::SharedFs {
-        tag: "bazaarfs".into(),
-        host_dir: "/tmp".into(),
-    };
+    let share = || Device::SharedFs { tag: "bazaarfs".into(), host_dir: "/tmp".into() };
     qemu.add_device(share()).unwrap();
     assert!(qemu.add_device(share()).is_err());
     qemu.stop().await.unwrap();
@@ -113,20 +101,14 @@ async fn devices_only_before_start_and_one_share() {
 #[tokio::test]
 async fn a_helper_dying_at_start_is_reported_with_its_output() {
     let fx = Fixture::new();
-    let vsock = fx.script(
-        "bad-vsock",
-        "echo 'error: invalid value for --guest-cid' >&2; exit 2",
-    );
+    let vsock = fx.script("bad-vsock", "echo 'error: invalid value for --guest-cid' >&2; exit 2");
     let mut qemu = fx.qemu(QemuPaths {
         qemu: "/bin/true".into(),
         virtiofsd: "/bin/true".into(),
         vhost_vsock: vsock,
     });
     let err = format!("{:#}", qemu.start().await.unwrap_err());
-    assert!(
-        err.contains("vhost-device-vsock exited (exit code 2)"),
-        "{err}"
-    );
+    assert!(err.contains("vhost-device-vsock exited (exit code 2)"), "{err}");
     assert!(err.contains("invalid value for --guest-cid"), "{err}");
     assert!(qemu.processes().is_empty());
     assert_eq!(qemu.wait().await, VmExit::Stopped);
@@ -137,32 +119,17 @@ async fn a_helper_dying_at_start_is_reported_with_its_output() {
 async fn qemu_failing_at_start_ends_the_helpers_and_removes_sockets() {
     let fx = Fixture::new();
     let vsock = fx.fake_vhost_vsock();
-    let qemu_bin = fx.script(
-        "bad-qemu",
-        "echo 'qemu-system-x86_64: -device foo: not found' >&2; exit 1",
-    );
-    let mut qemu = fx.qemu(QemuPaths {
-        qemu: qemu_bin,
-        virtiofsd: "/bin/true".into(),
-        vhost_vsock: vsock,
-    });
+    let qemu_bin =
+        fx.script("bad-qemu", "echo 'qemu-system-x86_64: -device foo: not found' >&2; exit 1");
+    let mut qemu =
+        fx.qemu(QemuPaths { qemu: qemu_bin, virtiofsd: "/bin/true".into(), vhost_vsock: vsock });
     let err = format!("{:#}", qemu.start().await.unwrap_err());
-    assert!(
-        err.contains("QEMU exited (exit code 1) while starting"),
-        "{err}"
-    );
+    assert!(err.contains("QEMU exited (exit code 1) while starting"), "{err}");
     assert!(err.contains("-device foo: not found"), "{err}");
 
     let owner = fx.path("run").join(format!("{VHOST_VSOCK_SOCKET}.owner"));
-    let pid: u32 = std::fs::read_to_string(owner)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(
-        pid_gone(pid),
-        "fake vhost-device-vsock (pid {pid}) still runs"
-    );
+    let pid: u32 = std::fs::read_to_string(owner).unwrap().trim().parse().unwrap();
+    assert!(pid_gone(pid), "fake vhost-device-vsock (pid {pid}) still runs");
     for name in [VHOST_VSOCK_SOCKET, VSOCK_SOCKET, QMP_SOCKET] {
         assert!(!fx.path("run").join(name).exists(), "{name} left behind");
     }

@@ -97,8 +97,7 @@ impl Cpio {
         ];
         self.out.extend_from_slice(b"070701");
         for field in fields {
-            self.out
-                .extend_from_slice(format!("{field:08x}").as_bytes());
+            self.out.extend_from_slice(format!("{field:08x}").as_bytes());
         }
         self.out.extend_from_slice(name.as_bytes());
         self.out.push(0);
@@ -184,15 +183,10 @@ pub fn test_vm_with(
 ) -> Option<TestVm> {
     let kernel = guest_kernel()?;
     let paths = qemu_paths()?;
-    let dir = tempfile::Builder::new()
-        .prefix("bazaar-hv-")
-        .tempdir()
-        .expect("temp dir");
+    let dir = tempfile::Builder::new().prefix("bazaar-hv-").tempdir().expect("temp dir");
     let extra = extra(dir.path())?;
-    let extra: Vec<(&str, &Path)> = extra
-        .iter()
-        .map(|(name, path)| (*name, path.as_path()))
-        .collect();
+    let extra: Vec<(&str, &Path)> =
+        extra.iter().map(|(name, path)| (*name, path.as_path())).collect();
     let run_dir = dir.path().join("run");
     let shared_dir = dir.path().join("shared");
     std::fs::create_dir_all(&run_dir).unwrap();
@@ -208,21 +202,16 @@ pub fn test_vm_with(
         extra_kernel_params: String::new(),
         run_dir: run_dir.clone(),
         acceleration: Acceleration::Auto,
-            tcg_cache_mib: 0,
+        tcg_cache_mib: 0,
     };
     let (tx, console) = mpsc::unbounded_channel();
-    let qemu = Qemu::new(config, paths, logger())
-        .expect("Qemu::new")
-        .with_console_sink(tx);
+    let qemu = Qemu::new(config, paths, logger()).expect("Qemu::new").with_console_sink(tx);
     Some(TestVm {
         qemu,
         console,
         run_dir,
         shared_dir,
-        guard: Guard {
-            records: Vec::new(),
-            dir: Some(dir),
-        },
+        guard: Guard { records: Vec::new(), dir: Some(dir) },
     })
 }
 
@@ -256,9 +245,7 @@ pub fn is_gone(record: &ProcessRecord) -> bool {
         Ok(start) if start == record.start_time => {
             std::fs::read_to_string(format!("/proc/{}/stat", record.pid))
                 .map(|stat| {
-                    stat.rsplit(')')
-                        .next()
-                        .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+                    stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'))
                 })
                 .unwrap_or(true)
         }
@@ -349,10 +336,7 @@ pub fn pss_by_mapping(pid: u32) -> Vec<(String, u64)> {
         let first = fields.next().unwrap_or("");
         if first.contains('-') && !first.ends_with(':') {
             // A mapping header: range perms offset dev inode [name]
-            current = fields
-                .nth(4)
-                .map(str::to_string)
-                .unwrap_or_else(|| "[anon]".into());
+            current = fields.nth(4).map(str::to_string).unwrap_or_else(|| "[anon]".into());
         } else if first == "Pss:" {
             let kib: u64 = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
             *sums.entry(current.clone()).or_default() += kib;

@@ -426,9 +426,7 @@ impl Bench<'_> {
             println!("   ratio bazaar/runc (medians): {:.1}x", b.median / r.median);
         }
         println!("   Bazaar, phase by phase (from the shim's log; ms):");
-        let phase = |f: Phase| {
-            Summary::of(&breakdowns.iter().filter_map(f).collect::<Vec<_>>())
-        };
+        let phase = |f: Phase| Summary::of(&breakdowns.iter().filter_map(f).collect::<Vec<_>>());
         let rows: [(&str, Phase); 7] = [
             ("shim start (ctr -> shim's first record)", |b| b.shim_start),
             ("VM creation (helpers, QEMU running)", |b| b.vm_create),
