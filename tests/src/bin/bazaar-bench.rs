@@ -31,6 +31,7 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use bazaar_tests::bench::options::Options;
 use bazaar_tests::bench::procmem::{self, Mem};
 use bazaar_tests::bench::shimlog::{self, Breakdown};
 use bazaar_tests::bench::stats::{median, Summary};
@@ -45,65 +46,6 @@ const RUNC_SHIM: &str = "containerd-shim-runc-v2";
 const VM_TIMEOUT: Duration = Duration::from_secs(300);
 /// Idle sandboxes of the density section that may fail to start before the section gives up.
 const MAX_DENSITY_FAILURES: usize = 3;
-
-struct Options {
-    runs: usize,
-    density: Vec<usize>,
-    density_samples: usize,
-    io_runs: usize,
-    stdout_mib: u64,
-    file_mib: u64,
-    settle: Duration,
-    sections: Vec<String>,
-    hypervisor_extra: String,
-}
-
-fn env_num<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => {
-            v.trim().parse().map_err(|_| anyhow!("{name}={v:?} is not a number"))
-        }
-        _ => Ok(default),
-    }
-}
-
-impl Options {
-    fn from_env() -> Result<Options> {
-        let density = std::env::var("BENCH_DENSITY").unwrap_or_else(|_| "1 10 50".into());
-        let mut density: Vec<usize> = density
-            .split_whitespace()
-            .map(|s| s.parse().map_err(|_| anyhow!("BENCH_DENSITY: {s:?} is not a number")))
-            .collect::<Result<_>>()?;
-        density.sort_unstable();
-        density.dedup();
-        density.retain(|&n| n > 0);
-        let sections = std::env::var("BENCH_SECTIONS")
-            .unwrap_or_else(|_| "latency memory density io".into())
-            .split_whitespace()
-            .map(str::to_string)
-            .collect::<Vec<_>>();
-        for s in &sections {
-            if !["latency", "memory", "density", "io"].contains(&s.as_str()) {
-                bail!("BENCH_SECTIONS: unknown section {s:?} (latency, memory, density, io)");
-            }
-        }
-        Ok(Options {
-            runs: env_num("BENCH_RUNS", 10usize)?.max(1),
-            density,
-            density_samples: env_num("BENCH_DENSITY_SAMPLES", 3usize)?.max(1),
-            io_runs: env_num("BENCH_IO_RUNS", 2usize)?.max(1),
-            stdout_mib: env_num("BENCH_STDOUT_MIB", 256u64)?.max(1),
-            file_mib: env_num("BENCH_FILE_MIB", 256u64)?.max(1),
-            settle: Duration::from_secs_f64(env_num("BENCH_SETTLE_SECS", 5.0f64)?.max(0.0)),
-            sections,
-            hypervisor_extra: std::env::var("BENCH_HYPERVISOR_EXTRA").unwrap_or_default(),
-        })
-    }
-
-    fn wants(&self, section: &str) -> bool {
-        self.sections.iter().any(|s| s == section)
-    }
-}
 
 /// What the closing summary needs from the sections.
 #[derive(Default)]
