@@ -37,3 +37,21 @@ pub mod pty;
 pub mod shim_ttrpc;
 pub mod skip;
 pub mod tempdir;
+
+/// One `#[test]` per runtime for each scenario `fn(Runtime)` named: `<scenario>::bazaar` and
+/// `<scenario>::runc`, so every e2e scenario runs under Bazaar and its runc twin.
+#[macro_export]
+macro_rules! both_runtimes {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[test]
+            fn bazaar() {
+                super::$scenario($crate::fixture::Runtime::Bazaar)
+            }
+            #[test]
+            fn runc() {
+                super::$scenario($crate::fixture::Runtime::Runc)
+            }
+        }
+    )*};
+}

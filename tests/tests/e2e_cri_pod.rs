@@ -11,20 +11,7 @@ use bazaar_tests::cri::pods::{processes_of_test, Pods};
 use bazaar_tests::cri::setup::{BAZAAR_HANDLER, RUNC_HANDLER};
 use bazaar_tests::fixture::{Runtime, TestEnv};
 
-macro_rules! both_runtimes {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            #[test]
-            fn bazaar() {
-                super::$scenario(bazaar_tests::fixture::Runtime::Bazaar)
-            }
-            #[test]
-            fn runc() {
-                super::$scenario(bazaar_tests::fixture::Runtime::Runc)
-            }
-        }
-    )*};
-}
+use bazaar_tests::both_runtimes;
 
 both_runtimes!(pod_lifecycle, containers_end_and_go);
 

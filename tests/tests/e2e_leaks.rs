@@ -8,20 +8,7 @@ use bazaar_tests::fixture::{Runtime, TestEnv};
 use bazaar_tests::leaks;
 use bazaar_tests::process::signal_pid;
 
-macro_rules! both_runtimes {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            #[test]
-            fn bazaar() {
-                super::$scenario(bazaar_tests::fixture::Runtime::Bazaar)
-            }
-            #[test]
-            fn runc() {
-                super::$scenario(bazaar_tests::fixture::Runtime::Runc)
-            }
-        }
-    )*};
-}
+use bazaar_tests::both_runtimes;
 
 both_runtimes!(killed_container_leaves_nothing, dead_shim_leaves_nothing);
 

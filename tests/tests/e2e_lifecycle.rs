@@ -15,20 +15,7 @@ use serde_json::Value;
 
 use bazaar_tests::fixture::{Runtime, TestEnv};
 
-macro_rules! both_runtimes {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            #[test]
-            fn bazaar() {
-                super::$scenario(bazaar_tests::fixture::Runtime::Bazaar)
-            }
-            #[test]
-            fn runc() {
-                super::$scenario(bazaar_tests::fixture::Runtime::Runc)
-            }
-        }
-    )*};
-}
+use bazaar_tests::both_runtimes;
 
 both_runtimes!(
     resources_pids_and_metrics,

@@ -10,21 +10,7 @@ use bazaar_tests::{image, kernel, paths};
 /// A missing binary must be reported within this (the VM boots first under Bazaar).
 const FAST_FAIL: Duration = Duration::from_secs(15);
 
-/// One `#[test]` per runtime for a scenario `fn(Runtime)`: `<scenario>::bazaar`, `<scenario>::runc`.
-macro_rules! both_runtimes {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            #[test]
-            fn bazaar() {
-                super::$scenario(bazaar_tests::fixture::Runtime::Bazaar)
-            }
-            #[test]
-            fn runc() {
-                super::$scenario(bazaar_tests::fixture::Runtime::Runc)
-            }
-        }
-    )*};
-}
+use bazaar_tests::both_runtimes;
 
 both_runtimes!(
     echo_output,

@@ -12,20 +12,7 @@ use bazaar_tests::events::EventWatcher;
 use bazaar_tests::fixture::{Runtime, TestEnv};
 use bazaar_tests::process::Background;
 
-macro_rules! both_runtimes {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            #[test]
-            fn bazaar() {
-                super::$scenario(bazaar_tests::fixture::Runtime::Bazaar)
-            }
-            #[test]
-            fn runc() {
-                super::$scenario(bazaar_tests::fixture::Runtime::Runc)
-            }
-        }
-    )*};
-}
+use bazaar_tests::both_runtimes;
 
 both_runtimes!(signals_to_execs, signals_to_init, kill_all);
 

@@ -13,20 +13,7 @@ use bazaar_tests::fixture::{Runtime, TestEnv};
 use bazaar_tests::process::Background;
 use bazaar_tests::pty;
 
-macro_rules! both_runtimes {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            #[test]
-            fn bazaar() {
-                super::$scenario(bazaar_tests::fixture::Runtime::Bazaar)
-            }
-            #[test]
-            fn runc() {
-                super::$scenario(bazaar_tests::fixture::Runtime::Runc)
-            }
-        }
-    )*};
-}
+use bazaar_tests::both_runtimes;
 
 both_runtimes!(run_with_terminal_and_resize, close_io_gives_eof);
 
