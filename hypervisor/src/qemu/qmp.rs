@@ -20,10 +20,17 @@ impl Qmp {
         timeout(limit, async {
             let stream = connect_when_listening(socket).await?;
             let mut qmp = Qmp { reader: BufReader::new(stream) };
-            let greeting = qmp
-                .read_message()
-                .await?
-                .ok_or_else(|| anyhow!("QMP closed before its greeting"))?;
+            // An event (RESUME as the VM starts) can come before the greeting on a connection
+            // made as QEMU starts: skip events until the greeting.
+            let greeting = loop {
+                let message = qmp
+                    .read_message()
+                    .await?
+                    .ok_or_else(|| anyhow!("QMP closed before its greeting"))?;
+                if message.get("event").is_none() {
+                    break message;
+                }
+            };
             if greeting.get("QMP").is_none() {
                 bail!("unexpected QMP greeting {greeting}");
             }
