@@ -227,12 +227,15 @@ fn pause_and_resume(rt: Runtime) {
 fn memory_limit_and_oom(rt: Runtime) {
     let Some(env) = TestEnv::start(&name("oom", rt), rt) else { return };
     let events = env.watch_events();
-    // `tail` keeps the last "line" in memory: with no newline in its input, all of it. It also
-    // raises its own oom_score_adj, so that the kernel picks it and never the shell (which it
-    // did once under runc: the container then ended with 137 before reporting).
-    let script = "head -c 4m /dev/zero | tail > /dev/null && echo small-ok; \
-                  head -c 64m /dev/zero | (echo 1000 > /proc/self/oom_score_adj; exec tail) \
-                  > /dev/null; echo \"status=$?\"; exit 7";
+    // `dd` with a 64 MiB block allocates and fills one buffer, alone: no other process of the
+    // container allocates while the kernel tears the victim down. (A `head | tail` pipeline did:
+    // on a cgroup v1 host `head` charged a pipe page while the killed `tail` was still releasing
+    // its memory, and the kernel then killed the shell too, in about one run in six.) The hog
+    // also raises its own oom_score_adj, so that the kernel picks it and never the shell.
+    let script = "dd if=/dev/zero of=/dev/null bs=4M count=1 2>/dev/null && echo small-ok; \
+                  (echo 1000 > /proc/self/oom_score_adj; \
+                   exec dd if=/dev/zero of=/dev/null bs=64M count=1 2>/dev/null); \
+                  echo \"status=$?\"; exit 7";
     let run = env
         .run("hog")
         .flag("--memory-limit")
@@ -253,7 +256,7 @@ fn memory_limit_and_oom(rt: Runtime) {
 
     // The same allocation as the container's init process: the task ends with 137.
     let run = env.run("hog-init").flag("--memory-limit").flag(&(32 * MIB).to_string());
-    let out = run.args(["sh", "-c", "head -c 64m /dev/zero | tail > /dev/null"]).run();
+    let out = run.args(["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]).run();
     assert_eq!(out.code, Some(137), "{}\nlog:\n{}", out.describe(), env.log_tail());
     events.stop();
     env.finish();
