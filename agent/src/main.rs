@@ -31,6 +31,7 @@ mod container;
 mod error;
 mod init;
 mod logging;
+mod network;
 mod oom;
 mod ready;
 mod reaper;

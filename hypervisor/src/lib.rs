@@ -58,6 +58,18 @@ pub struct VmConfig {
 pub enum Device {
     /// A host directory shared with the guest over virtio-fs, mounted by the agent by `tag`.
     SharedFs { tag: String, host_dir: PathBuf },
+    /// A virtio-net interface whose host side is an open tap device.
+    Network(NetworkDevice),
+}
+
+/// A guest network interface backed by a tap device the runtime created.
+#[derive(Debug, Clone)]
+pub struct NetworkDevice {
+    /// The tap's descriptor; the VMM process inherits a copy.
+    pub tap: std::sync::Arc<std::os::fd::OwnedFd>,
+    /// The guest interface's MAC, "aa:bb:cc:dd:ee:ff": the pod interface's, so that the
+    /// network's switches and neighbours keep the address they learned.
+    pub mac: String,
 }
 
 /// How the VM ended.

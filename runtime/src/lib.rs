@@ -12,6 +12,7 @@ pub mod hooks;
 pub mod io;
 pub mod logging;
 pub mod mounts;
+pub mod network;
 pub mod process;
 pub mod sandbox;
 pub mod state;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use bazaar_hypervisor::hybrid_vsock::ReadyListener;
 use bazaar_hypervisor::qemu::{Qemu, QemuPaths};
-use bazaar_hypervisor::{Device, Hypervisor, VmConfig};
+use bazaar_hypervisor::{Device, Hypervisor, NetworkDevice, VmConfig};
 use bazaar_protocols::agent::{CreateSandboxRequest, DestroySandboxRequest};
 use bazaar_protocols::agent_ttrpc::AgentServiceClient;
 use bazaar_protocols::AGENT_READY_PORT;
@@ -16,6 +16,7 @@ use tokio::sync::Mutex;
 use crate::agent_client::{self, deadline, CONTROL_CALL_TIMEOUT};
 use crate::config::{Config, HypervisorKind};
 use crate::error::Error;
+use crate::network::PodNetwork;
 use crate::{mounts, state};
 
 /// virtio-fs tag of the share carrying root filesystems and bind mounts.
@@ -35,6 +36,8 @@ pub struct Sandbox {
     /// The VMM's host pid: what OCI hooks are told as the container's pid (see `hooks`).
     pub vmm_pid: u32,
     hypervisor: Mutex<Box<dyn Hypervisor>>,
+    /// The pod network carried into the VM, if the first container joined one.
+    network: Mutex<Option<PodNetwork>>,
     logger: Logger,
 }
 
@@ -42,10 +45,12 @@ impl Sandbox {
     /// Boots the sandbox VM and waits until its agent serves. On failure everything started so
     /// far is stopped and removed again.
     /// `hostname` becomes the guest's hostname, which containers without a UTS namespace of
-    /// their own, or without a hostname in their spec, see.
+    /// their own, or without a hostname in their spec, see. `netns`: the host network namespace
+    /// the first container joins (CNI's, for a pod), whose interfaces the VM takes over.
     pub async fn start(
         id: &str,
         hostname: &str,
+        netns: Option<&Path>,
         config: &Config,
         logger: &Logger,
     ) -> Result<Sandbox, Error> {
@@ -64,8 +69,18 @@ impl Sandbox {
                 return Err(err);
             }
         };
-        match boot(id, hostname, config, &run_dir, &shared_dir, hypervisor.as_mut(), &logger).await
-        {
+        let network = match netns {
+            Some(netns) => match PodNetwork::attach(netns).await {
+                Ok(network) => Some(network),
+                Err(err) => {
+                    remove_run_dir(&run_dir, &logger);
+                    return Err(Error::FailedPrecondition(format!("{err:#}")));
+                }
+            },
+            None => None,
+        };
+        let vm = Vm { id, hostname, config, run_dir: &run_dir, shared_dir: &shared_dir };
+        match boot(&vm, network.as_ref(), hypervisor.as_mut(), &logger).await {
             Ok(agent) => Ok(Sandbox {
                 id: id.to_string(),
                 run_dir,
@@ -73,12 +88,14 @@ impl Sandbox {
                 agent,
                 vmm_pid: hypervisor.vmm_pid().unwrap_or(0),
                 hypervisor: Mutex::new(hypervisor),
+                network: Mutex::new(network),
                 logger,
             }),
             Err(err) => {
                 if let Err(stop_err) = hypervisor.stop().await {
                     warn!(logger, "stopping the VM after a failed start"; "error" => format!("{stop_err:#}"));
                 }
+                detach_network(network, &logger).await;
                 remove_run_dir(&run_dir, &logger);
                 Err(err)
             }
@@ -98,6 +115,7 @@ impl Sandbox {
         if let Err(err) = self.hypervisor.lock().await.stop().await {
             warn!(self.logger, "stopping the VM failed"; "error" => format!("{err:#}"));
         }
+        detach_network(self.network.lock().await.take(), &self.logger).await;
         remove_run_dir(&self.run_dir, &self.logger);
         info!(self.logger, "sandbox stopped");
     }
@@ -161,19 +179,40 @@ fn new_hypervisor(
     Ok(Box::new(qemu))
 }
 
+/// What `boot` starts.
+struct Vm<'a> {
+    id: &'a str,
+    hostname: &'a str,
+    config: &'a Config,
+    run_dir: &'a Path,
+    shared_dir: &'a Path,
+}
+
+async fn detach_network(network: Option<PodNetwork>, logger: &Logger) {
+    if let Some(network) = network {
+        if let Err(err) = network.detach().await {
+            warn!(logger, "detaching the pod network"; "error" => format!("{err:#}"));
+        }
+    }
+}
+
 async fn boot(
-    id: &str,
-    hostname: &str,
-    config: &Config,
-    run_dir: &Path,
-    shared_dir: &Path,
+    vm: &Vm<'_>,
+    network: Option<&PodNetwork>,
     hypervisor: &mut dyn Hypervisor,
     logger: &Logger,
 ) -> Result<AgentServiceClient, Error> {
+    let Vm { id, hostname, config, run_dir, shared_dir } = *vm;
     hypervisor.add_device(Device::SharedFs {
         tag: SHARED_FS_TAG.to_string(),
         host_dir: shared_dir.to_path_buf(),
     })?;
+    for interface in network.iter().flat_map(|n| &n.interfaces) {
+        hypervisor.add_device(Device::Network(NetworkDevice {
+            tap: interface.tap.clone(),
+            mac: interface.spec.mac.clone(),
+        }))?;
+    }
     // Bound before the VM starts: the agent connects to it as soon as it serves.
     let ready = ReadyListener::bind(&hypervisor.agent_socket(), AGENT_READY_PORT)
         .context("listening for the guest agent's ready connection")?;
@@ -209,6 +248,11 @@ async fn boot(
     request.sandbox_id = id.to_string();
     request.hostname = hostname.to_string();
     request.shared_fs_tag = SHARED_FS_TAG.to_string();
+    if let Some(network) = network {
+        request.interfaces = network.interfaces.iter().map(|i| i.spec.clone()).collect();
+        request.routes = network.routes.clone();
+        request.neighbours = network.neighbours.clone();
+    }
     agent
         .create_sandbox(deadline(CONTROL_CALL_TIMEOUT), &request)
         .await

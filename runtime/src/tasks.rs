@@ -92,11 +92,16 @@ impl Tasks {
     }
 
     /// Boots the sandbox on first use. `hostname` applies only then.
-    async fn sandbox_for_create(&self, hostname: &str) -> Result<Arc<Sandbox>> {
+    async fn sandbox_for_create(
+        &self,
+        hostname: &str,
+        netns: Option<&Path>,
+    ) -> Result<Arc<Sandbox>> {
         self.sandbox
             .get_or_try_init(|| async {
                 let sandbox =
-                    Sandbox::start(&self.sandbox_id, hostname, &self.config, &self.logger).await?;
+                    Sandbox::start(&self.sandbox_id, hostname, netns, &self.config, &self.logger)
+                        .await?;
                 self.spawn_oom_watch(&sandbox);
                 Ok(Arc::new(sandbox))
             })
@@ -170,7 +175,7 @@ impl Tasks {
                 .map(|name| name.to_string_lossy().into_owned())
                 .unwrap_or_default(),
         };
-        let sandbox = self.sandbox_for_create(&hostname).await?;
+        let sandbox = self.sandbox_for_create(&hostname, joined_netns(&spec).as_deref()).await?;
 
         let shared_root = sandbox.shared_dir.join(&task.id);
         let mounted_rootfs = match self.share_container_files(&task, &spec, &guest.shares, &sandbox)
@@ -709,4 +714,15 @@ fn undo_container_mounts(
             warn!(logger, "unmounting the rootfs"; "dir" => %rootfs.display(), "error" => format!("{err:#}"));
         }
     }
+}
+
+/// The host network namespace the container's spec joins (a path, as CRI gives a pod's
+/// CNI-configured namespace); `None` for a new namespace or none at all.
+fn joined_netns(spec: &oci_spec::runtime::Spec) -> Option<PathBuf> {
+    let namespaces = spec.linux().as_ref()?.namespaces().as_ref()?;
+    namespaces
+        .iter()
+        .find(|ns| ns.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
+        .and_then(|ns| ns.path().clone())
+        .filter(|path| !path.as_os_str().is_empty())
 }

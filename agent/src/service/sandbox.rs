@@ -16,8 +16,8 @@ use crate::state::Agent;
 /// How long DestroySandbox waits after its reply before the VM goes away.
 const END_DELAY: Duration = Duration::from_millis(50);
 
-/// Mounts the shared filesystem and applies the sandbox-wide settings (guest only: hostname and
-/// resolv.conf are the VM's, which a host-mode agent must not touch).
+/// Mounts the shared filesystem and applies the sandbox-wide settings (guest only: hostname,
+/// resolv.conf and the network are the VM's, which a host-mode agent must not touch).
 pub async fn create(agent: &Agent, req: &CreateSandboxRequest) -> Result<Empty> {
     if req.sandbox_id.is_empty() {
         return Err(Error::InvalidArgument("sandbox_id must not be empty".to_string()));
@@ -53,8 +53,11 @@ pub async fn create(agent: &Agent, req: &CreateSandboxRequest) -> Result<Empty> 
             std::fs::create_dir_all("/etc").context("mkdir /etc")?;
             std::fs::write("/etc/resolv.conf", content).context("write /etc/resolv.conf")?;
         }
-    } else if !req.hostname.is_empty() || !req.dns.is_empty() {
-        info!(agent.log, "host mode: leaving hostname and resolv.conf alone");
+        crate::network::configure(&req.interfaces, &req.routes, &req.neighbours, &agent.log)
+            .await
+            .context("configuring the pod network")?;
+    } else if !req.hostname.is_empty() || !req.dns.is_empty() || !req.interfaces.is_empty() {
+        info!(agent.log, "host mode: leaving hostname, resolv.conf and the network alone");
     }
     agent.set_sandbox(&req.sandbox_id)?;
     info!(agent.log, "sandbox created"; "sandbox" => &req.sandbox_id,

@@ -34,6 +34,13 @@ pub struct SharedFsArg<'a> {
     pub socket: &'a Path,
 }
 
+/// A virtio-net device on a tap QEMU inherits as descriptor `tap_fd`.
+#[derive(Debug, Clone, Copy)]
+pub struct NetworkArg<'a> {
+    pub tap_fd: i32,
+    pub mac: &'a str,
+}
+
 /// Everything `qemu_args` needs.
 #[derive(Debug, Clone, Copy)]
 pub struct QemuArgs<'a> {
@@ -43,6 +50,7 @@ pub struct QemuArgs<'a> {
     /// vhost-device-vsock's vhost-user socket.
     pub vhost_vsock_socket: &'a Path,
     pub shared_fs: Option<SharedFsArg<'a>>,
+    pub networks: &'a [NetworkArg<'a>],
     pub qmp_socket: &'a Path,
 }
 
@@ -112,6 +120,13 @@ pub fn qemu_args(args: &QemuArgs) -> Result<Vec<OsString>> {
         out.push("-chardev").push(socket_chardev("fs0", fs.socket, ""));
         out.push("-device").push(format!("vhost-user-fs-device,chardev=fs0,tag={}", fs.tag));
     }
+    for (i, net) in args.networks.iter().enumerate() {
+        check_mac(net.mac)?;
+        // vhost=off: the in-kernel vhost-net would need /dev/vhost-net and would bypass
+        // nothing here (QEMU moves the frames either way under TCG).
+        out.push("-netdev").push(format!("tap,id=net{i},fd={},vhost=off", net.tap_fd));
+        out.push("-device").push(format!("virtio-net-device,netdev=net{i},mac={}", net.mac));
+    }
     // Free page reporting: the guest hands pages it frees back to the host (QEMU punches them
     // out of the memfd), so an idle sandbox does not keep what its boot touched once (the
     // initrd image, init memory). Needs CONFIG_VIRTIO_BALLOON in the guest kernel; the balloon
@@ -145,6 +160,16 @@ pub fn virtiofsd_args(socket: &Path, shared_dir: &Path) -> Vec<OsString> {
     out.push("--cache=auto");
     out.push(format!("--thread-pool-size={VIRTIOFSD_THREADS}"));
     out.0
+}
+
+fn check_mac(mac: &str) -> Result<()> {
+    let octets: Vec<&str> = mac.split(':').collect();
+    let valid = octets.len() == 6
+        && octets.iter().all(|o| o.len() == 2 && o.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !valid {
+        bail!("MAC address {mac:?} is not six hex octets separated by ':'");
+    }
+    Ok(())
 }
 
 fn check_tag(tag: &str) -> Result<()> {
@@ -232,6 +257,7 @@ mod tests {
                 tag: "bazaarfs",
                 socket: Path::new("/run/bazaar/sb1/virtiofsd.sock"),
             }),
+            networks: &[],
             qmp_socket: Path::new("/run/bazaar/sb1/qmp.sock"),
         })
         .unwrap();
@@ -259,6 +285,38 @@ mod tests {
     }
 
     #[test]
+    fn each_tap_becomes_a_virtio_net_device_and_bad_macs_are_refused() {
+        let config = config();
+        let networks = [
+            NetworkArg { tap_fd: 3, mac: "0a:58:0a:fb:00:05" },
+            NetworkArg { tap_fd: 4, mac: "02:00:00:00:00:01" },
+        ];
+        let mut args = QemuArgs {
+            config: &config,
+            acceleration: Acceleration::Tcg,
+            vhost_vsock_socket: Path::new("/r/v.sock"),
+            shared_fs: None,
+            networks: &networks,
+            qmp_socket: Path::new("/r/q.sock"),
+        };
+        let argv = strings(qemu_args(&args).unwrap());
+        assert_eq!(
+            value_of(&argv, "-netdev"),
+            ["tap,id=net0,fd=3,vhost=off", "tap,id=net1,fd=4,vhost=off"]
+        );
+        let devices = value_of(&argv, "-device");
+        assert!(devices.contains(&"virtio-net-device,netdev=net0,mac=0a:58:0a:fb:00:05"));
+        assert!(devices.contains(&"virtio-net-device,netdev=net1,mac=02:00:00:00:00:01"));
+
+        for bad in ["0a:58:0a:fb:00", "0a:58:0a:fb:00:5", "0a:58:0a:fb:00:zz", "x,y=z"] {
+            let networks = [NetworkArg { tap_fd: 3, mac: bad }];
+            args.networks = &networks;
+            let err = qemu_args(&args).unwrap_err().to_string();
+            assert!(err.contains(bad), "{err}");
+        }
+    }
+
+    #[test]
     fn kvm_uses_the_host_cpu_and_no_share_means_no_fs_device() {
         let config = config();
         let args = strings(
@@ -267,6 +325,7 @@ mod tests {
                 acceleration: Acceleration::Kvm,
                 vhost_vsock_socket: Path::new("/r/v.sock"),
                 shared_fs: None,
+                networks: &[],
                 qmp_socket: Path::new("/r/q.sock"),
             })
             .unwrap(),
@@ -288,6 +347,7 @@ mod tests {
                 acceleration: Acceleration::Tcg,
                 vhost_vsock_socket: Path::new("/r,x/v.sock"),
                 shared_fs: None,
+                networks: &[],
                 qmp_socket: Path::new("/r/q.sock"),
             })
             .unwrap(),
@@ -304,6 +364,7 @@ mod tests {
             acceleration: Acceleration::Auto,
             vhost_vsock_socket: Path::new("/r/v.sock"),
             shared_fs: None,
+            networks: &[],
             qmp_socket: Path::new("/r/q.sock"),
         };
         assert!(qemu_args(&args).is_err());

@@ -18,12 +18,12 @@ use slog::{debug, info, warn, Logger};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use self::cmdline::{QemuArgs, SharedFsArg};
-use self::process::{ChildHandle, Stdout};
+use self::cmdline::{NetworkArg, QemuArgs, SharedFsArg};
+use self::process::{ChildHandle, FdMapping, Stdout};
 use self::qmp::Qmp;
 use crate::console::{forward_console, ConsoleSink};
 use crate::probe::{self, AccelChoice};
-use crate::{Device, Hypervisor, ProcessRecord, VmConfig, VmExit};
+use crate::{Device, Hypervisor, NetworkDevice, ProcessRecord, VmConfig, VmExit};
 
 /// vhost-user socket between QEMU and vhost-device-vsock.
 pub const VHOST_VSOCK_SOCKET: &str = "vhost-vsock.sock";
@@ -34,6 +34,8 @@ pub const VIRTIOFSD_SOCKET: &str = "virtiofsd.sock";
 /// QMP socket of QEMU.
 pub const QMP_SOCKET: &str = "qmp.sock";
 
+/// QEMU's descriptor number for the first tap (0-2 are stdio).
+const FIRST_TAP_FD: i32 = 3;
 /// How long a helper may take to create its socket.
 const HELPER_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long QEMU may take to set the machine up and run it.
@@ -76,6 +78,7 @@ pub struct Qemu {
     logger: Logger,
     acceleration: AccelChoice,
     shared_fs: Option<SharedFs>,
+    networks: Vec<NetworkDevice>,
     console_sink: Option<ConsoleSink>,
     state: State,
     exit: Arc<watch::Sender<Option<VmExit>>>,
@@ -125,6 +128,7 @@ impl Qemu {
             logger,
             acceleration,
             shared_fs: None,
+            networks: Vec::new(),
             console_sink: None,
             state: State::Created,
             exit: Arc::new(exit),
@@ -159,8 +163,29 @@ impl Qemu {
                 .shared_fs
                 .as_ref()
                 .map(|fs| SharedFsArg { tag: &fs.tag, socket: &virtiofsd_socket }),
+            networks: &self.network_args(),
             qmp_socket: &qmp_socket,
         })
+    }
+
+    /// The virtio-net devices as QEMU sees them: tap number `i` is inherited as descriptor
+    /// `FIRST_TAP_FD + i` (see `tap_fds`).
+    fn network_args(&self) -> Vec<NetworkArg<'_>> {
+        (0..)
+            .zip(&self.networks)
+            .map(|(i, net)| NetworkArg { tap_fd: FIRST_TAP_FD + i, mac: &net.mac })
+            .collect()
+    }
+
+    /// Copies of the tap descriptors for QEMU, at the numbers `network_args` names.
+    fn tap_fds(&self) -> Result<Vec<FdMapping>> {
+        (0..)
+            .zip(&self.networks)
+            .map(|(i, net)| {
+                let parent_fd = net.tap.try_clone().context("duplicating a tap descriptor")?;
+                Ok(FdMapping { parent_fd, child_fd: FIRST_TAP_FD + i })
+            })
+            .collect()
     }
 
     /// Checks everything `start` needs from the host, naming the first thing missing.
@@ -237,8 +262,14 @@ impl Qemu {
 
         let args = self.qemu_args()?;
         info!(self.logger, "starting QEMU"; "command" => command_line(&self.paths.qemu, &args));
-        let (qemu, console) =
-            process::spawn("qemu", &self.paths.qemu, &args, Stdout::Take, &self.logger)?;
+        let (qemu, console) = process::spawn_with_fds(
+            "qemu",
+            &self.paths.qemu,
+            &args,
+            Stdout::Take,
+            self.tap_fds()?,
+            &self.logger,
+        )?;
         children.qemu = Some(qemu.clone());
         if let Some(console) = console {
             tokio::spawn(forward_console(
@@ -400,6 +431,7 @@ impl Hypervisor for Qemu {
                 }
                 self.shared_fs = Some(SharedFs { tag, host_dir });
             }
+            Device::Network(net) => self.networks.push(net),
         }
         Ok(())
     }
@@ -453,6 +485,8 @@ impl Hypervisor for Qemu {
             State::Running(running) => running,
         };
         running.stopping.store(true, Ordering::SeqCst);
+        // QEMU holds the taps open too; once it is gone they disappear with these copies.
+        self.networks.clear();
         let result =
             running.children.end_all_with_quit(&self.socket(QMP_SOCKET), &self.logger).await;
         if tokio::time::timeout(MONITOR_WAIT, running.monitor).await.is_err() {

@@ -8,6 +8,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use command_fds::CommandFdExt;
+pub use command_fds::FdMapping;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use slog::{debug, Logger};
@@ -72,6 +74,18 @@ pub fn spawn(
     stdout: Stdout,
     logger: &Logger,
 ) -> Result<(ChildHandle, Option<ChildStdout>)> {
+    spawn_with_fds(name, program, args, stdout, Vec::new(), logger)
+}
+
+/// `spawn`, with each of `fds` open in the child under the number it is mapped to.
+pub fn spawn_with_fds(
+    name: &'static str,
+    program: &Path,
+    args: &[OsString],
+    stdout: Stdout,
+    fds: Vec<FdMapping>,
+    logger: &Logger,
+) -> Result<(ChildHandle, Option<ChildStdout>)> {
     let logger = logger.new(slog::o!("process" => name));
     let mut command = Command::new(program);
     command
@@ -80,6 +94,7 @@ pub fn spawn(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    command.fd_mappings(fds).with_context(|| format!("passing descriptors to {name}"))?;
     let mut child =
         command.spawn().with_context(|| format!("starting {name} ({})", program.display()))?;
     let pid = child.id().ok_or_else(|| anyhow!("{name} exited before its PID could be read"))?;

@@ -160,6 +160,11 @@ impl<'a> Pods<'a> {
         &self.client
     }
 
+    /// The test's CNI network (its bridge and subnet).
+    pub fn network(&self) -> &crate::cri::setup::CniNetwork {
+        &self.cri.settings.network
+    }
+
     #[track_caller]
     fn ok<T>(&self, result: Result<T>) -> T {
         match result {
@@ -300,6 +305,22 @@ impl<'a> Pods<'a> {
         let mut rs = self.client.runtime_service();
         let deadline = CALL + Duration::from_secs(timeout_secs.max(0) as u64);
         self.client.call("ExecSync", deadline, rs.exec_sync(request))
+    }
+
+    /// ExecSync that must succeed (exit code 0, within 60 s); returns stdout.
+    #[track_caller]
+    pub fn exec_ok(&self, id: &str, cmd: &[&str]) -> String {
+        let reply =
+            self.ok(self.exec_sync(id, cmd, 60).with_context(|| format!("ExecSync {cmd:?}")));
+        let stdout = String::from_utf8_lossy(&reply.stdout).into_owned();
+        assert_eq!(
+            reply.exit_code,
+            0,
+            "ExecSync {cmd:?}: stdout {stdout:?} stderr {:?}\nend of containerd's log:\n{}",
+            String::from_utf8_lossy(&reply.stderr),
+            self.env.log_tail()
+        );
+        stdout
     }
 
     #[track_caller]

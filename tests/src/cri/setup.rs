@@ -18,6 +18,14 @@ pub const BAZAAR_HANDLER: &str = "bazaar";
 /// The CRI runtime handler of runc.
 pub const RUNC_HANDLER: &str = "runc";
 
+/// The CRI runtime handler a test of `rt` runs its pods with.
+pub fn handler(rt: crate::fixture::Runtime) -> &'static str {
+    match rt {
+        crate::fixture::Runtime::Runc => RUNC_HANDLER,
+        crate::fixture::Runtime::Bazaar => BAZAAR_HANDLER,
+    }
+}
+
 /// How the CRI plugin of one private containerd is set up.
 #[derive(Debug, Clone)]
 pub struct CriSettings {

@@ -1,0 +1,147 @@
+//! The host side of pod networking against a real network namespace, set up as CNI's bridge
+//! plugin would (a veth with an address, a route, a static neighbour): `PodNetwork::attach`
+//! reads it, puts a tap beside the veth joined by tc redirect filters; dropping the tap's last
+//! descriptor removes the tap, and `detach` the filters. Needs root (netns, veth, tap).
+
+use std::path::Path;
+use std::process::Command;
+
+use bazaar_runtime::network::PodNetwork;
+use bazaar_tests::process::is_root;
+use bazaar_tests::skip::skip;
+
+/// A network namespace with a veth pair (one end inside), removed on drop.
+struct TestNetns {
+    name: String,
+    host_end: String,
+}
+
+impl TestNetns {
+    fn create(tag: &str) -> TestNetns {
+        let name = format!("bzt-{tag}-{}", std::process::id());
+        let host_end = format!("bzv{}", std::process::id() % 100_000);
+        let netns = TestNetns { name, host_end };
+        ip(&["netns", "add", &netns.name]);
+        ip(&[
+            "link",
+            "add",
+            &netns.host_end,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &netns.name,
+        ]);
+        netns
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// `ip -n <netns> ARGS`.
+    fn ip(&self, args: &[&str]) -> String {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        ip(&all)
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "delete", &self.host_end]).status();
+        let _ = Command::new("ip").args(["netns", "delete", &self.name]).status();
+    }
+}
+
+#[track_caller]
+fn ip(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().expect("running ip");
+    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn tc(netns: &TestNetns, args: &[&str]) -> String {
+    let mut all = vec!["-n", netns.name.as_str()];
+    all.extend_from_slice(args);
+    let out = Command::new("tc").args(&all).output().expect("running tc");
+    assert!(out.status.success(), "tc {all:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn attach_mirrors_the_cni_interface_onto_a_tap() {
+    if !is_root() {
+        skip("pod_network::attach_mirrors_the_cni_interface_onto_a_tap", "needs root");
+        return;
+    }
+    let netns = TestNetns::create("podnet");
+    netns.ip(&["link", "set", "eth0", "mtu", "1400", "up"]);
+    netns.ip(&["addr", "add", "10.252.3.7/24", "dev", "eth0"]);
+    netns.ip(&["route", "add", "default", "via", "10.252.3.1", "dev", "eth0"]);
+    netns.ip(&[
+        "neigh",
+        "add",
+        "10.252.3.9",
+        "lladdr",
+        "02:00:00:00:00:09",
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ]);
+    let mac = netns.ip(&["-o", "link", "show", "eth0"]);
+    let mac = mac.split_whitespace().skip_while(|w| *w != "link/ether").nth(1).unwrap().to_string();
+
+    let network = PodNetwork::attach(Path::new(&netns.path())).await.expect("attach");
+    assert_eq!(network.interfaces.len(), 1);
+    let eth0 = &network.interfaces[0].spec;
+    assert_eq!((eth0.name.as_str(), eth0.mac.as_str(), eth0.mtu), ("eth0", mac.as_str(), 1400));
+    let addresses: Vec<_> =
+        eth0.addresses.iter().map(|a| format!("{}/{}", a.address, a.prefix_len)).collect();
+    assert_eq!(addresses, ["10.252.3.7/24"], "the link-local IPv6 address is left to the guest");
+    // The kernel's own prefix route is not copied: the guest's kernel makes it.
+    let routes: Vec<_> = network
+        .routes
+        .iter()
+        .map(|r| {
+            format!(
+                "{}/{} via {} dev {}",
+                r.destination, r.destination_prefix_len, r.gateway, r.device
+            )
+        })
+        .collect();
+    assert_eq!(routes, ["/0 via 10.252.3.1 dev eth0"]);
+    let neighbours: Vec<_> = network
+        .neighbours
+        .iter()
+        .map(|n| format!("{} {} {}", n.address, n.mac, n.device))
+        .collect();
+    assert_eq!(neighbours, ["10.252.3.9 02:00:00:00:00:09 eth0"]);
+
+    // The tap is up with the veth's MTU, and each side's ingress goes out of the other.
+    let tap = netns.ip(&["-o", "link", "show", "tap0_bazaar"]);
+    assert!(tap.contains("mtu 1400") && tap.contains("UP"), "{tap}");
+    for (from, to) in [("eth0", "tap0_bazaar"), ("tap0_bazaar", "eth0")] {
+        let filters = tc(&netns, &["filter", "show", "dev", from, "ingress"]);
+        assert!(
+            filters.contains("mirred (Egress Redirect to device") && filters.contains(to),
+            "ingress of {from} is not redirected to {to}:\n{filters}"
+        );
+    }
+
+    network.detach().await.expect("detach");
+    let links = netns.ip(&["-o", "link", "show"]);
+    assert!(!links.contains("tap0_bazaar"), "the tap outlived its descriptors:\n{links}");
+    let qdiscs = tc(&netns, &["qdisc", "show", "dev", "eth0"]);
+    assert!(!qdiscs.contains("ingress"), "the ingress qdisc is left on eth0:\n{qdiscs}");
+}
+
+#[tokio::test]
+async fn the_host_namespace_is_refused() {
+    let err = PodNetwork::attach(Path::new("/proc/self/ns/net")).await.err().expect("refused");
+    let message = format!("{err:#}");
+    assert!(message.contains("the host's"), "{message}");
+}
