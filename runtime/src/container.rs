@@ -40,10 +40,23 @@ impl ProcessEntry {
         std::mem::take(&mut *self.outputs.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Releases the stdin copy (after exit, or on CloseIO).
+    /// Stops the stdin copy at once (the process exited).
     pub fn close_stdin(&self) {
         if let Some(copy) = self.stdin.lock().unwrap_or_else(|p| p.into_inner()).take() {
             copy.close();
+        }
+    }
+
+    /// CloseIO: the stdin copy ends at the FIFO's end of file and then closes the process's
+    /// stdin itself. Returns false when there is no copy (the caller closes stdin directly).
+    /// The copy stays here, so that the process's exit still stops it.
+    pub fn finish_stdin(&self) -> bool {
+        match self.stdin.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            Some(copy) => {
+                copy.finish();
+                true
+            }
+            None => false,
         }
     }
 }

@@ -90,17 +90,31 @@ async fn open_fifo_for_writing(fifo: &std::path::Path) -> Result<std::fs::File> 
     .context("FIFO open thread failed")?
 }
 
-/// The stdin copy of one process. Dropping it does not stop the copy; call `close`.
+/// The stdin copy of one process. Dropping it does not stop the copy; call `finish` or `close`.
 pub struct StdinCopy {
     fifo: PathBuf,
     stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl StdinCopy {
-    /// Stops the copy: the blocking reader is released by opening the FIFO's write end
-    /// ourselves and closing it, which makes its `open` return and its `read` see EOF.
+    /// containerd's CloseIO: the client has no more input. What it wrote still reaches the
+    /// process, which sees EOF once the client's end of the FIFO is closed too (as with runc's
+    /// shim). `ctr` calls CloseIO when its own stdin ends, before the FIFO is drained, so
+    /// stopping here would lose the tail of the input.
+    pub fn finish(&self) {
+        self.release_open();
+    }
+
+    /// Stops the copy now (the process is gone): what is still in the FIFO is dropped.
     pub fn close(&self) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.release_open();
+    }
+
+    /// A reader still blocked in `open` (no client ever opened the FIFO for writing) is
+    /// released by opening the write end ourselves and closing it: its `open` returns, and
+    /// its `read` sees EOF unless a client holds the write end open as well.
+    fn release_open(&self) {
         let _ =
             std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&self.fifo);
     }

@@ -584,7 +584,9 @@ impl Tasks {
     /// Closes the process's stdin (containerd's CloseIO).
     pub async fn close_io(&self, id: &str, exec_id: &str) -> Result<()> {
         let (_, entry) = self.process(id, exec_id).await?;
-        entry.close_stdin();
+        if entry.finish_stdin() {
+            return Ok(());
+        }
         if entry.process.status() == Status::Running {
             let sandbox = self.sandbox().await?;
             let mut request = bazaar_protocols::agent::CloseStdinRequest::new();
