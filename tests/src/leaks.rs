@@ -378,6 +378,17 @@ mod tests {
             .args(["-c", "sleep 30; exit 0", &token])
             .spawn()
             .unwrap();
+        // Until the child has exec'd, its cmdline is still this test binary's, without the token.
+        let cmdline = format!("/proc/{}/cmdline", child.id());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !std::fs::read(&cmdline)
+            .unwrap_or_default()
+            .windows(token.len())
+            .any(|w| w == token.as_bytes())
+        {
+            assert!(std::time::Instant::now() < deadline, "the child never exec'd");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let scope = Scope {
             token: token.clone(),
             ids: vec![],
