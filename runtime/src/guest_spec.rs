@@ -68,7 +68,8 @@ fn vm_namespace_path(typ: LinuxNamespaceType) -> PathBuf {
 /// pause container.
 const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 
-fn is_cri_sandbox(spec: &Spec) -> bool {
+/// Whether `spec` is a CRI pod's pause container.
+pub fn is_cri_sandbox(spec: &Spec) -> bool {
     spec.annotations()
         .as_ref()
         .and_then(|annotations| annotations.get(CRI_CONTAINER_TYPE))

@@ -16,6 +16,7 @@ use tokio::sync::Mutex;
 use crate::agent_client::{self, deadline, CONTROL_CALL_TIMEOUT};
 use crate::config::{Config, HypervisorKind};
 use crate::error::Error;
+use crate::host_cgroup::HostCgroup;
 use crate::{mounts, state};
 
 /// virtio-fs tag of the share carrying root filesystems and bind mounts.
@@ -35,6 +36,8 @@ pub struct Sandbox {
     /// The VMM's host pid: what OCI hooks are told as the container's pid (see `hooks`).
     pub vmm_pid: u32,
     hypervisor: Mutex<Box<dyn Hypervisor>>,
+    /// The pod's cgroup on the host holding the VMM (CRI pods only, see `host_cgroup`).
+    host_cgroup: Option<HostCgroup>,
     logger: Logger,
 }
 
@@ -42,10 +45,12 @@ impl Sandbox {
     /// Boots the sandbox VM and waits until its agent serves. On failure everything started so
     /// far is stopped and removed again.
     /// `hostname` becomes the guest's hostname, which containers without a UTS namespace of
-    /// their own, or without a hostname in their spec, see.
+    /// their own, or without a hostname in their spec, see. `host_cgroup`: the host cgroup the
+    /// VMM is moved into (a CRI pod's pause container's `linux.cgroupsPath`).
     pub async fn start(
         id: &str,
         hostname: &str,
+        host_cgroup: Option<&str>,
         config: &Config,
         logger: &Logger,
     ) -> Result<Sandbox, Error> {
@@ -66,15 +71,21 @@ impl Sandbox {
         };
         match boot(id, hostname, config, &run_dir, &shared_dir, hypervisor.as_mut(), &logger).await
         {
-            Ok(agent) => Ok(Sandbox {
-                id: id.to_string(),
-                run_dir,
-                shared_dir,
-                agent,
-                vmm_pid: hypervisor.vmm_pid().unwrap_or(0),
-                hypervisor: Mutex::new(hypervisor),
-                logger,
-            }),
+            Ok(agent) => {
+                let vmm_pid = hypervisor.vmm_pid().unwrap_or(0);
+                let host_cgroup =
+                    host_cgroup.and_then(|path| join_host_cgroup(path, vmm_pid, &logger));
+                Ok(Sandbox {
+                    id: id.to_string(),
+                    run_dir,
+                    shared_dir,
+                    agent,
+                    vmm_pid,
+                    hypervisor: Mutex::new(hypervisor),
+                    host_cgroup,
+                    logger,
+                })
+            }
             Err(err) => {
                 if let Err(stop_err) = hypervisor.stop().await {
                     warn!(logger, "stopping the VM after a failed start"; "error" => format!("{stop_err:#}"));
@@ -98,9 +109,35 @@ impl Sandbox {
         if let Err(err) = self.hypervisor.lock().await.stop().await {
             warn!(self.logger, "stopping the VM failed"; "error" => format!("{err:#}"));
         }
+        if let Some(cgroup) = self.host_cgroup.clone() {
+            // It may wait for the VMM's exit to settle: off the async workers.
+            match tokio::task::spawn_blocking(move || cgroup.remove()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    warn!(self.logger, "the pod's host cgroup"; "error" => format!("{err:#}"))
+                }
+                Err(err) => warn!(self.logger, "removing the pod's host cgroup"; "error" => %err),
+            }
+        }
         remove_run_dir(&self.run_dir, &self.logger);
         info!(self.logger, "sandbox stopped");
     }
+}
+
+/// Creates the pod's host cgroup and moves the VMM into it. The pod runs without it (its host
+/// figures are then missing, not wrong) when the host's cgroups cannot be written.
+fn join_host_cgroup(path: &str, vmm_pid: u32, logger: &Logger) -> Option<HostCgroup> {
+    let cgroup = match HostCgroup::create(path) {
+        Ok(cgroup) => cgroup,
+        Err(err) => {
+            warn!(logger, "the pod's host cgroup"; "error" => format!("{err:#}"));
+            return None;
+        }
+    };
+    if let Err(err) = cgroup.add(vmm_pid) {
+        warn!(logger, "the pod's host cgroup"; "error" => format!("{err:#}"));
+    }
+    Some(cgroup)
 }
 
 fn check_guest_files(config: &Config) -> Result<(), Error> {

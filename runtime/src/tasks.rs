@@ -91,12 +91,22 @@ impl Tasks {
         })
     }
 
-    /// Boots the sandbox on first use. `hostname` applies only then.
-    async fn sandbox_for_create(&self, hostname: &str) -> Result<Arc<Sandbox>> {
+    /// Boots the sandbox on first use. `hostname` and `host_cgroup` apply only then.
+    async fn sandbox_for_create(
+        &self,
+        hostname: &str,
+        host_cgroup: Option<&str>,
+    ) -> Result<Arc<Sandbox>> {
         self.sandbox
             .get_or_try_init(|| async {
-                let sandbox =
-                    Sandbox::start(&self.sandbox_id, hostname, &self.config, &self.logger).await?;
+                let sandbox = Sandbox::start(
+                    &self.sandbox_id,
+                    hostname,
+                    host_cgroup,
+                    &self.config,
+                    &self.logger,
+                )
+                .await?;
                 self.spawn_oom_watch(&sandbox);
                 Ok(Arc::new(sandbox))
             })
@@ -170,7 +180,12 @@ impl Tasks {
                 .map(|name| name.to_string_lossy().into_owned())
                 .unwrap_or_default(),
         };
-        let sandbox = self.sandbox_for_create(&hostname).await?;
+        // A CRI pod's VMM goes into the pause container's cgroup on the host (`host_cgroup`).
+        let host_cgroup = guest_spec::is_cri_sandbox(&spec)
+            .then(|| spec.linux().as_ref().and_then(|linux| linux.cgroups_path().clone()))
+            .flatten()
+            .map(|path| path.to_string_lossy().into_owned());
+        let sandbox = self.sandbox_for_create(&hostname, host_cgroup.as_deref()).await?;
 
         let shared_root = sandbox.shared_dir.join(&task.id);
         let mounted_rootfs = match self.share_container_files(&task, &spec, &guest.shares, &sandbox)
