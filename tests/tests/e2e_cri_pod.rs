@@ -22,23 +22,6 @@ fn handler(rt: Runtime) -> &'static str {
     }
 }
 
-/// ExecSync that must succeed; returns stdout.
-#[track_caller]
-fn exec_ok(pods: &Pods<'_>, env: &TestEnv, id: &str, cmd: &[&str]) -> String {
-    let reply = match pods.exec_sync(id, cmd, 30) {
-        Ok(reply) => reply,
-        Err(err) => panic!("ExecSync {cmd:?}: {err:#}\ncontainerd's log:\n{}", env.log_tail()),
-    };
-    let stdout = String::from_utf8_lossy(&reply.stdout).into_owned();
-    assert_eq!(
-        reply.exit_code,
-        0,
-        "ExecSync {cmd:?}: stdout {stdout:?} stderr {:?}",
-        String::from_utf8_lossy(&reply.stderr)
-    );
-    stdout
-}
-
 /// Waits until the CRI log file of container `id` (the path ContainerStatus gives) holds `line`
 /// on `stream`, in the CRI format: `<RFC 3339 time> <stream> F <line>`.
 #[track_caller]
@@ -94,31 +77,30 @@ fn pod_lifecycle(rt: Runtime) {
     let timed_out = pods.exec_sync(&b, &["sleep", "60"], 2);
     assert!(timed_out.is_err(), "an exec past its timeout must fail: {timed_out:?}");
     assert!(started.elapsed() < Duration::from_secs(40), "took {:?}", started.elapsed());
-    assert_eq!(exec_ok(&pods, &env, &b, &["echo", "alive"]), "alive\n");
+    assert_eq!(pods.exec_ok(&b, &["echo", "alive"]), "alive\n");
 
     // One pod: the containers share the pod's hostname and network namespace and, under
     // Bazaar, one guest kernel (one boot id, not the host's).
     let host_boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
     let boot_cmd = ["cat", "/proc/sys/kernel/random/boot_id"];
-    let (boot_a, boot_b) =
-        (exec_ok(&pods, &env, &a, &boot_cmd), exec_ok(&pods, &env, &b, &boot_cmd));
+    let (boot_a, boot_b) = (pods.exec_ok(&a, &boot_cmd), pods.exec_ok(&b, &boot_cmd));
     assert_eq!(boot_a, boot_b, "the pod's containers run on different kernels");
     match rt {
         Runtime::Runc => assert_eq!(boot_a, host_boot),
         Runtime::Bazaar => assert_ne!(boot_a, host_boot, "a Bazaar pod ran on the host kernel"),
     }
     for id in [&a, &b] {
-        assert_eq!(exec_ok(&pods, &env, id, &["hostname"]), "web\n");
+        assert_eq!(pods.exec_ok(id, &["hostname"]), "web\n");
     }
     // The pod's shared namespaces (CRI's NamespaceMode POD) are one for both containers.
     for ns in ["net", "ipc", "uts"] {
         let path = format!("/proc/self/ns/{ns}");
         let cmd = ["readlink", path.as_str()];
-        let (in_a, in_b) = (exec_ok(&pods, &env, &a, &cmd), exec_ok(&pods, &env, &b, &cmd));
+        let (in_a, in_b) = (pods.exec_ok(&a, &cmd), pods.exec_ok(&b, &cmd));
         assert_eq!(in_a, in_b, "the pod's containers have different {ns} namespaces");
     }
     // The exec that timed out was killed, not left running.
-    let ps = exec_ok(&pods, &env, &b, &["ps", "-o", "args"]);
+    let ps = pods.exec_ok(&b, &["ps", "-o", "args"]);
     assert!(!ps.contains("sleep 60"), "the timed-out exec still runs:\n{ps}");
 
     // The kubelet's resource figures: memory in use and CPU time, per container and per pod.
@@ -193,7 +175,7 @@ fn containers_end_and_go(rt: Runtime) {
 
     let again = pods.create_container(&pod, "again", &["sleep", "1000"]);
     pods.start_container(&again);
-    assert_eq!(exec_ok(&pods, &env, &again, &["echo", "still here"]), "still here\n");
+    assert_eq!(pods.exec_ok(&again, &["echo", "still here"]), "still here\n");
     let vms = processes_of_test(&env.token(), "qemu-system");
     assert_eq!(vms.len(), if rt == Runtime::Bazaar { 1 } else { 0 }, "{vms:?}");
 
