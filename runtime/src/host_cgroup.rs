@@ -10,10 +10,20 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use oci_spec::runtime::Spec;
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
-/// One cgroup path, created in every hierarchy mounted under /sys/fs/cgroup.
+/// The host cgroup a CRI pod's VMM goes into: its pause container's `linux.cgroupsPath`.
+pub fn pod_cgroup_path(spec: &Spec) -> Option<String> {
+    if !crate::guest_spec::is_cri_sandbox(spec) {
+        return None;
+    }
+    let path = spec.linux().as_ref()?.cgroups_path().clone()?;
+    Some(path.to_string_lossy().into_owned())
+}
+
+/// One cgroup path in every hierarchy mounted under /sys/fs/cgroup.
 #[derive(Debug, Clone)]
 pub struct HostCgroup {
     dirs: Vec<PathBuf>,
@@ -42,9 +52,9 @@ fn hierarchies() -> Vec<PathBuf> {
 }
 
 impl HostCgroup {
-    /// Creates `cgroups_path` (an OCI `linux.cgroupsPath` in cgroupfs form, `/parent/name`)
-    /// in every hierarchy. systemd's `slice:prefix:name` form is refused.
-    pub fn create(cgroups_path: &str) -> Result<HostCgroup> {
+    /// The cgroup `cgroups_path` (an OCI `linux.cgroupsPath` in cgroupfs form, `/parent/name`)
+    /// in every hierarchy, created or not. systemd's `slice:prefix:name` form is refused.
+    pub fn at(cgroups_path: &str) -> Result<HostCgroup> {
         if cgroups_path.contains(':') || !cgroups_path.starts_with('/') {
             bail!("cgroup path {cgroups_path:?} is not a cgroupfs path (/parent/name)");
         }
@@ -52,15 +62,19 @@ impl HostCgroup {
         if relative.split('/').any(|part| part == "..") {
             bail!("cgroup path {cgroups_path:?} leaves the cgroup root");
         }
-        let mut cgroup = HostCgroup { dirs: Vec::new() };
-        for hierarchy in hierarchies() {
-            let dir = hierarchy.join(relative);
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("creating the pod's cgroup {}", dir.display()))?;
-            cgroup.dirs.push(dir);
-        }
-        if cgroup.dirs.is_empty() {
+        let dirs: Vec<PathBuf> = hierarchies().iter().map(|h| h.join(relative)).collect();
+        if dirs.is_empty() {
             bail!("no cgroup hierarchy is mounted under {CGROUP_ROOT}");
+        }
+        Ok(HostCgroup { dirs })
+    }
+
+    /// Creates the cgroup `cgroups_path` (see [`HostCgroup::at`]) in every hierarchy.
+    pub fn create(cgroups_path: &str) -> Result<HostCgroup> {
+        let cgroup = HostCgroup::at(cgroups_path)?;
+        for dir in &cgroup.dirs {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating the pod's cgroup {}", dir.display()))?;
         }
         Ok(cgroup)
     }
@@ -107,9 +121,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_a_pause_containers_cgroup_is_the_pods() {
+        let spec = |annotations: &str| -> Spec {
+            serde_json::from_str(&format!(
+                r#"{{"ociVersion": "1.0.2", "annotations": {{{annotations}}},
+                    "linux": {{"cgroupsPath": "/pods/abc"}}}}"#
+            ))
+            .unwrap()
+        };
+        let pause = spec(r#""io.kubernetes.cri.container-type": "sandbox""#);
+        assert_eq!(pod_cgroup_path(&pause).as_deref(), Some("/pods/abc"));
+        let app = spec(r#""io.kubernetes.cri.container-type": "container""#);
+        assert_eq!(pod_cgroup_path(&app), None);
+        assert_eq!(pod_cgroup_path(&spec("")), None);
+    }
+
+    #[test]
     fn only_cgroupfs_paths_are_taken() {
         for bad in ["kubepods.slice:cri-containerd:abc", "relative/path", "/a/../../etc"] {
-            assert!(HostCgroup::create(bad).is_err(), "{bad}");
+            assert!(HostCgroup::at(bad).is_err(), "{bad}");
         }
     }
 }

@@ -181,10 +181,7 @@ impl Tasks {
                 .unwrap_or_default(),
         };
         // A CRI pod's VMM goes into the pause container's cgroup on the host (`host_cgroup`).
-        let host_cgroup = guest_spec::is_cri_sandbox(&spec)
-            .then(|| spec.linux().as_ref().and_then(|linux| linux.cgroups_path().clone()))
-            .flatten()
-            .map(|path| path.to_string_lossy().into_owned());
+        let host_cgroup = crate::host_cgroup::pod_cgroup_path(&spec);
         let sandbox = self.sandbox_for_create(&hostname, host_cgroup.as_deref()).await?;
 
         let shared_root = sandbox.shared_dir.join(&task.id);
