@@ -6,6 +6,7 @@ use std::path::Path;
 use slog::{info, warn, Logger};
 
 use crate::config::Config;
+use crate::host_cgroup::{pod_cgroup_path, HostCgroup};
 use crate::sandbox::{remove_run_dir, run_dir_for};
 use crate::{mounts, state};
 
@@ -30,6 +31,7 @@ pub fn after_dead_shim(
             Err(err) => warn!(logger, "sandbox state unreadable"; "error" => format!("{err:#}")),
         }
         remove_run_dir(&run_dir, logger);
+        remove_pod_cgroup(bundle, logger);
     } else {
         let shared = run_dir.join("shared").join(container_id);
         let result = mounts::unmount_all_under(&shared)
@@ -40,5 +42,16 @@ pub fn after_dead_shim(
     }
     if let Err(err) = mounts::unmount_all_under(&bundle.join("rootfs")) {
         warn!(logger, "unmounting the rootfs"; "error" => format!("{err:#}"));
+    }
+}
+
+/// Removes the pod's host cgroup (`host_cgroup`) that the dead shim made, now that its VMM is
+/// gone; the bundle's spec names it.
+fn remove_pod_cgroup(bundle: &Path, logger: &Logger) {
+    let spec_path = bundle.join("config.json");
+    let Ok(spec) = oci_spec::runtime::Spec::load(&spec_path) else { return };
+    let Some(path) = pod_cgroup_path(&spec) else { return };
+    if let Err(err) = HostCgroup::at(&path).and_then(|cgroup| cgroup.remove()) {
+        warn!(logger, "removing a dead sandbox's host cgroup"; "error" => format!("{err:#}"));
     }
 }

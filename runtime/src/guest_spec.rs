@@ -64,6 +64,54 @@ fn vm_namespace_path(typ: LinuxNamespaceType) -> PathBuf {
     Path::new("/proc/1/ns").join(name)
 }
 
+/// The annotation the CRI plugin puts on each container it creates; `sandbox` marks the pod's
+/// pause container.
+const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+
+/// Whether `spec` is a CRI pod's pause container.
+pub fn is_cri_sandbox(spec: &Spec) -> bool {
+    spec.annotations()
+        .as_ref()
+        .and_then(|annotations| annotations.get(CRI_CONTAINER_TYPE))
+        .is_some_and(|kind| kind == "sandbox")
+}
+
+/// A pod asking for a host namespace (`NamespaceMode::NODE`: hostNetwork, hostPID, hostIPC)
+/// gets a pause container without a namespace of that type. A VM cannot share the host's
+/// namespaces, and silently running such a pod in the VM's would hide the host's network or
+/// processes it expects to see, so the pod is refused with the reason.
+fn refuse_host_namespaces(namespaces: &[LinuxNamespace]) -> Result<()> {
+    for (typ, kind, field) in [
+        (LinuxNamespaceType::Network, "network", "hostNetwork"),
+        (LinuxNamespaceType::Pid, "pid", "hostPID"),
+        (LinuxNamespaceType::Ipc, "ipc", "hostIPC"),
+    ] {
+        if !namespaces.iter().any(|ns| ns.typ() == typ) {
+            anyhow::bail!(
+                "the pod asks for the host's {kind} namespace ({field}), which a Bazaar pod \
+                 cannot share: it runs in its own VM; run it with runc instead"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A CRI pause container's IPC and UTS namespaces become the VM's: the app containers' joins of
+/// the pause container's ones are rewritten to the VM's (below), so the pod-level settings the
+/// pause container carries (IPC sysctls such as `kernel.shm_rmid_forced`) land where the app
+/// containers are. Its PID namespace stays its own: pod-shared PID namespaces are the VM's.
+fn share_sandbox_namespaces(namespaces: Vec<LinuxNamespace>) -> Vec<LinuxNamespace> {
+    namespaces
+        .into_iter()
+        .map(|mut ns| {
+            if matches!(ns.typ(), LinuxNamespaceType::Ipc | LinuxNamespaceType::Uts) {
+                ns.set_path(Some(vm_namespace_path(ns.typ())));
+            }
+            ns
+        })
+        .collect()
+}
+
 /// Rewrites `spec` for the guest. `bundle` resolves a relative bind source the way runc does.
 pub fn for_guest(mut spec: Spec, container_id: &str, bundle: &Path) -> Result<GuestSpec> {
     let guest_root = Path::new(GUEST_SHARED_DIR).join(shared_rootfs_relative(container_id));
@@ -94,8 +142,13 @@ pub fn for_guest(mut spec: Spec, container_id: &str, bundle: &Path) -> Result<Gu
         spec.set_mounts(Some(rewritten));
     }
 
+    let sandbox = is_cri_sandbox(&spec);
     if let Some(mut linux) = spec.linux().clone() {
-        if let Some(namespaces) = linux.namespaces().clone() {
+        if let Some(mut namespaces) = linux.namespaces().clone() {
+            if sandbox {
+                refuse_host_namespaces(&namespaces)?;
+                namespaces = share_sandbox_namespaces(namespaces);
+            }
             // Host paths (and the host pids in them) mean nothing in the guest: keep only that
             // the namespace is shared, pointing at the VM's.
             let rewritten: Vec<LinuxNamespace> = namespaces
@@ -184,6 +237,44 @@ mod tests {
         assert_eq!(namespaces.len(), 2);
         assert_eq!(namespaces[0].path(), &None, "a new namespace stays new");
         assert_eq!(namespaces[1].path(), &Some(PathBuf::from("/proc/1/ns/net")));
+    }
+
+    fn pause_spec(namespaces: &str) -> Spec {
+        spec_from(&format!(
+            r#"{{"ociVersion": "1.0.2", "root": {{"path": "rootfs"}},
+                "annotations": {{"io.kubernetes.cri.container-type": "sandbox"}},
+                "linux": {{"namespaces": [{namespaces}]}}}}"#
+        ))
+    }
+
+    #[test]
+    fn a_pause_container_shares_the_vms_ipc_and_uts() {
+        let spec = pause_spec(
+            r#"{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
+               {"type": "network", "path": "/var/run/netns/cni-1"}"#,
+        );
+        let guest = for_guest(spec, "pause", Path::new("/b")).unwrap();
+        let namespaces = guest.spec.linux().clone().unwrap().namespaces().clone().unwrap();
+        let paths: Vec<_> = namespaces.iter().map(|ns| ns.path().clone()).collect();
+        let vm = |name: &str| Some(PathBuf::from(format!("/proc/1/ns/{name}")));
+        assert_eq!(paths, vec![None, vm("ipc"), vm("uts"), None, vm("net")]);
+    }
+
+    #[test]
+    fn a_pod_in_host_namespaces_is_refused() {
+        let all = [r#"{"type": "pid"}"#, r#"{"type": "ipc"}"#, r#"{"type": "network"}"#];
+        for (left_out, field) in [(0, "hostPID"), (1, "hostIPC"), (2, "hostNetwork")] {
+            let kept: Vec<&str> =
+                all.iter().enumerate().filter(|(i, _)| *i != left_out).map(|(_, n)| *n).collect();
+            let err = for_guest(pause_spec(&kept.join(",")), "p", Path::new("/b")).unwrap_err();
+            assert!(err.to_string().contains(field), "{err}");
+        }
+        // An ordinary container without a network namespace (`ctr run --net-host`) is not a pod.
+        let spec = spec_from(
+            r#"{"ociVersion": "1.0.2", "root": {"path": "rootfs"},
+                "linux": {"namespaces": [{"type": "pid"}]}}"#,
+        );
+        assert!(for_guest(spec, "c", Path::new("/b")).is_ok());
     }
 
     #[test]

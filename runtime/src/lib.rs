@@ -9,6 +9,7 @@ pub mod error;
 pub mod events;
 pub mod guest_spec;
 pub mod hooks;
+pub mod host_cgroup;
 pub mod io;
 pub mod logging;
 pub mod mounts;

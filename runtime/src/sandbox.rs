@@ -16,6 +16,7 @@ use tokio::sync::Mutex;
 use crate::agent_client::{self, deadline, CONTROL_CALL_TIMEOUT};
 use crate::config::{Config, HypervisorKind};
 use crate::error::Error;
+use crate::host_cgroup::HostCgroup;
 use crate::network::PodNetwork;
 use crate::{mounts, state};
 
@@ -25,6 +26,17 @@ pub const SHARED_FS_TAG: &str = "bazaarfs";
 /// The per-sandbox directory under the configured run dir.
 pub fn run_dir_for(config: &Config, sandbox_id: &str) -> PathBuf {
     config.runtime.run_dir.join(sandbox_id)
+}
+
+/// What the first container decides about its sandbox.
+#[derive(Debug, Clone, Copy)]
+pub struct StartOptions<'a> {
+    /// The guest's hostname.
+    pub hostname: &'a str,
+    /// The host network namespace whose interfaces the VM takes over.
+    pub netns: Option<&'a Path>,
+    /// The host cgroup the VMM joins.
+    pub host_cgroup: Option<&'a str>,
 }
 
 pub struct Sandbox {
@@ -38,19 +50,22 @@ pub struct Sandbox {
     hypervisor: Mutex<Box<dyn Hypervisor>>,
     /// The pod network carried into the VM, if the first container joined one.
     network: Mutex<Option<PodNetwork>>,
+    /// The pod's cgroup on the host holding the VMM (CRI pods only, see `host_cgroup`).
+    host_cgroup: Option<HostCgroup>,
     logger: Logger,
 }
 
 impl Sandbox {
     /// Boots the sandbox VM and waits until its agent serves. On failure everything started so
     /// far is stopped and removed again.
-    /// `hostname` becomes the guest's hostname, which containers without a UTS namespace of
-    /// their own, or without a hostname in their spec, see. `netns`: the host network namespace
-    /// the first container joins (CNI's, for a pod), whose interfaces the VM takes over.
+    /// `options.hostname` becomes the guest's hostname, which containers without a UTS
+    /// namespace of their own, or without a hostname in their spec, see. `options.netns`: the
+    /// host network namespace the first container joins (CNI's, for a pod), whose interfaces
+    /// the VM takes over. `options.host_cgroup`: the host cgroup the VMM is moved into (a CRI
+    /// pod's pause container's `linux.cgroupsPath`).
     pub async fn start(
         id: &str,
-        hostname: &str,
-        netns: Option<&Path>,
+        options: &StartOptions<'_>,
         config: &Config,
         logger: &Logger,
     ) -> Result<Sandbox, Error> {
@@ -69,6 +84,7 @@ impl Sandbox {
                 return Err(err);
             }
         };
+        let StartOptions { hostname, netns, host_cgroup } = *options;
         let network = match netns {
             Some(netns) => match PodNetwork::attach(netns).await {
                 Ok(network) => Some(network),
@@ -81,16 +97,22 @@ impl Sandbox {
         };
         let vm = Vm { id, hostname, config, run_dir: &run_dir, shared_dir: &shared_dir };
         match boot(&vm, network.as_ref(), hypervisor.as_mut(), &logger).await {
-            Ok(agent) => Ok(Sandbox {
-                id: id.to_string(),
-                run_dir,
-                shared_dir,
-                agent,
-                vmm_pid: hypervisor.vmm_pid().unwrap_or(0),
-                hypervisor: Mutex::new(hypervisor),
-                network: Mutex::new(network),
-                logger,
-            }),
+            Ok(agent) => {
+                let vmm_pid = hypervisor.vmm_pid().unwrap_or(0);
+                let host_cgroup =
+                    host_cgroup.and_then(|path| join_host_cgroup(path, vmm_pid, &logger));
+                Ok(Sandbox {
+                    id: id.to_string(),
+                    run_dir,
+                    shared_dir,
+                    agent,
+                    vmm_pid,
+                    hypervisor: Mutex::new(hypervisor),
+                    network: Mutex::new(network),
+                    host_cgroup,
+                    logger,
+                })
+            }
             Err(err) => {
                 if let Err(stop_err) = hypervisor.stop().await {
                     warn!(logger, "stopping the VM after a failed start"; "error" => format!("{stop_err:#}"));
@@ -116,9 +138,35 @@ impl Sandbox {
             warn!(self.logger, "stopping the VM failed"; "error" => format!("{err:#}"));
         }
         detach_network(self.network.lock().await.take(), &self.logger).await;
+        if let Some(cgroup) = self.host_cgroup.clone() {
+            // It may wait for the VMM's exit to settle: off the async workers.
+            match tokio::task::spawn_blocking(move || cgroup.remove()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    warn!(self.logger, "the pod's host cgroup"; "error" => format!("{err:#}"))
+                }
+                Err(err) => warn!(self.logger, "removing the pod's host cgroup"; "error" => %err),
+            }
+        }
         remove_run_dir(&self.run_dir, &self.logger);
         info!(self.logger, "sandbox stopped");
     }
+}
+
+/// Creates the pod's host cgroup and moves the VMM into it. The pod runs without it (its host
+/// figures are then missing, not wrong) when the host's cgroups cannot be written.
+fn join_host_cgroup(path: &str, vmm_pid: u32, logger: &Logger) -> Option<HostCgroup> {
+    let cgroup = match HostCgroup::create(path) {
+        Ok(cgroup) => cgroup,
+        Err(err) => {
+            warn!(logger, "the pod's host cgroup"; "error" => format!("{err:#}"));
+            return None;
+        }
+    };
+    if let Err(err) = cgroup.add(vmm_pid) {
+        warn!(logger, "the pod's host cgroup"; "error" => format!("{err:#}"));
+    }
+    Some(cgroup)
 }
 
 fn check_guest_files(config: &Config) -> Result<(), Error> {

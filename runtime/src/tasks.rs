@@ -27,7 +27,7 @@ use crate::hooks::{self, ContainerHooks, HookKind};
 use crate::io::{spawn_output_copy, spawn_stdin_copy, OutputStream};
 use crate::mounts::{self, RootfsMount};
 use crate::process::{Exit, Process, Status, StdioPaths};
-use crate::sandbox::Sandbox;
+use crate::sandbox::{Sandbox, StartOptions};
 
 /// How long the exit report waits for the process's output to drain after it exited (a
 /// daemonised grandchild may hold stdout open forever).
@@ -91,17 +91,12 @@ impl Tasks {
         })
     }
 
-    /// Boots the sandbox on first use. `hostname` applies only then.
-    async fn sandbox_for_create(
-        &self,
-        hostname: &str,
-        netns: Option<&Path>,
-    ) -> Result<Arc<Sandbox>> {
+    /// Boots the sandbox on first use. `options` apply only then.
+    async fn sandbox_for_create(&self, options: &StartOptions<'_>) -> Result<Arc<Sandbox>> {
         self.sandbox
             .get_or_try_init(|| async {
                 let sandbox =
-                    Sandbox::start(&self.sandbox_id, hostname, netns, &self.config, &self.logger)
-                        .await?;
+                    Sandbox::start(&self.sandbox_id, options, &self.config, &self.logger).await?;
                 self.spawn_oom_watch(&sandbox);
                 Ok(Arc::new(sandbox))
             })
@@ -175,7 +170,15 @@ impl Tasks {
                 .map(|name| name.to_string_lossy().into_owned())
                 .unwrap_or_default(),
         };
-        let sandbox = self.sandbox_for_create(&hostname, joined_netns(&spec).as_deref()).await?;
+        // A CRI pod's VMM goes into the pause container's cgroup on the host (`host_cgroup`).
+        let host_cgroup = crate::host_cgroup::pod_cgroup_path(&spec);
+        let netns = joined_netns(&spec);
+        let options = StartOptions {
+            hostname: &hostname,
+            netns: netns.as_deref(),
+            host_cgroup: host_cgroup.as_deref(),
+        };
+        let sandbox = self.sandbox_for_create(&options).await?;
 
         let shared_root = sandbox.shared_dir.join(&task.id);
         let mounted_rootfs = match self.share_container_files(&task, &spec, &guest.shares, &sandbox)

@@ -291,7 +291,7 @@ mod tests {
             NetworkArg { tap_fd: 3, mac: "0a:58:0a:fb:00:05" },
             NetworkArg { tap_fd: 4, mac: "02:00:00:00:00:01" },
         ];
-        let mut args = QemuArgs {
+        let args = QemuArgs {
             config: &config,
             acceleration: Acceleration::Tcg,
             vhost_vsock_socket: Path::new("/r/v.sock"),
@@ -310,8 +310,7 @@ mod tests {
 
         for bad in ["0a:58:0a:fb:00", "0a:58:0a:fb:00:5", "0a:58:0a:fb:00:zz", "x,y=z"] {
             let networks = [NetworkArg { tap_fd: 3, mac: bad }];
-            args.networks = &networks;
-            let err = qemu_args(&args).unwrap_err().to_string();
+            let err = qemu_args(&QemuArgs { networks: &networks, ..args }).unwrap_err().to_string();
             assert!(err.contains(bad), "{err}");
         }
     }

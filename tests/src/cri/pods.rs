@@ -139,9 +139,9 @@ fn cgroup_parent_dirs(parent: &str) -> Vec<PathBuf> {
 /// The calls of one test, kubelet-style. Panics (fails the test) on errors, with containerd's
 /// log, except where a method returns a `Result`.
 pub struct Pods<'a> {
-    env: &'a TestEnv,
-    cri: &'a CriEnv,
-    client: CriClient,
+    pub(super) env: &'a TestEnv,
+    pub(super) cri: &'a CriEnv,
+    pub(super) client: CriClient,
 }
 
 /// A pod as the test created it: its id and the config every container call repeats.
@@ -166,7 +166,7 @@ impl<'a> Pods<'a> {
     }
 
     #[track_caller]
-    fn ok<T>(&self, result: Result<T>) -> T {
+    pub(super) fn ok<T>(&self, result: Result<T>) -> T {
         match result {
             Ok(value) => value,
             Err(err) => panic!("{err:#}\nend of containerd's log:\n{}", self.env.log_tail()),
@@ -207,40 +207,13 @@ impl<'a> Pods<'a> {
     /// RunPodSandbox with runtime handler `handler`.
     #[track_caller]
     pub fn run_pod(&self, name: &str, handler: &str) -> Pod {
-        let config = self.pod_config(name);
-        self.ok(std::fs::create_dir_all(&config.log_directory).context("creating the log dir"));
-        let request = api::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: handler.to_string(),
-        };
-        let mut rs = self.client.runtime_service();
-        let reply =
-            self.ok(self.client.call("RunPodSandbox", SLOW_CALL, rs.run_pod_sandbox(request)));
-        self.env.track_id(&reply.pod_sandbox_id);
-        Pod { id: reply.pod_sandbox_id, config }
+        self.ok(self.try_run_pod(self.pod_config(name), handler))
     }
 
     /// CreateContainer of the busybox image running `command`, logging to `<name>.log`.
     #[track_caller]
     pub fn create_container(&self, pod: &Pod, name: &str, command: &[&str]) -> String {
-        let config = api::ContainerConfig {
-            metadata: Some(api::ContainerMetadata { name: name.to_string(), attempt: 0 }),
-            image: Some(api::ImageSpec { image: image::IMAGE.to_string(), ..Default::default() }),
-            command: command.iter().map(|s| s.to_string()).collect(),
-            log_path: format!("{name}.log"),
-            linux: Some(api::LinuxContainerConfig::default()),
-            ..Default::default()
-        };
-        let request = api::CreateContainerRequest {
-            pod_sandbox_id: pod.id.clone(),
-            config: Some(config),
-            sandbox_config: Some(pod.config.clone()),
-        };
-        let mut rs = self.client.runtime_service();
-        let reply =
-            self.ok(self.client.call("CreateContainer", SLOW_CALL, rs.create_container(request)));
-        self.env.track_id(&reply.container_id);
-        reply.container_id
+        self.ok(self.try_create_container(pod, self.container_config(name, command)))
     }
 
     #[track_caller]
