@@ -274,6 +274,11 @@ async fn drained(reader: tokio::task::JoinHandle<String>) -> String {
 
 /// A hook's path as the spec gives it: absolute (runtime spec); checked at Create so that a bad
 /// spec fails before anything starts.
+/// The argument by which Docker's prestart hook (dockerd re-executed) moves the container's
+/// veth into the namespace of the pid the state names: under Bazaar that is the VMM's, in the
+/// host's network namespace.
+const DOCKER_NETWORK_HOOK: &str = "libnetwork-setkey";
+
 pub fn validate(spec: &oci_spec::runtime::Spec) -> Result<()> {
     let Some(hooks) = spec.hooks() else { return Ok(()) };
     for kind in [
@@ -288,6 +293,15 @@ pub fn validate(spec: &oci_spec::runtime::Spec) -> Result<()> {
             let path: &PathBuf = hook.path();
             if !path.is_absolute() {
                 bail!("{} hook path {} is not absolute", kind.name(), path.display());
+            }
+            if hook.args().iter().flatten().any(|arg| arg == DOCKER_NETWORK_HOOK) {
+                bail!(
+                    "the spec's {} hook is Docker's network setup ({DOCKER_NETWORK_HOOK}): Bazaar \
+                     runs hooks on the host, where it would configure the host's network \
+                     namespace, not the VM's; run the container with --network none (or give \
+                     it a network namespace path, as CRI does)",
+                    kind.name()
+                );
             }
         }
     }

@@ -171,3 +171,16 @@ fn relative_hook_paths_are_refused() {
     assert!(err.to_string().contains("poststop hook path bin/hook is not absolute"), "{err}");
     assert!(validate(&Spec::default()).is_ok());
 }
+
+#[test]
+fn dockers_network_hook_is_refused() {
+    let hook = HookBuilder::default()
+        .path("/proc/4242/exe")
+        .args(vec!["libnetwork-setkey".to_string(), "-exec-root=/var/run/docker".to_string()])
+        .build()
+        .unwrap();
+    let spec = spec_with(HooksBuilder::default().prestart(vec![hook]).build().unwrap());
+    let err = validate(&spec).unwrap_err().to_string();
+    assert!(err.contains("prestart hook is Docker's network setup"), "{err}");
+    assert!(err.contains("--network none"), "{err}");
+}
