@@ -26,6 +26,10 @@ pub fn handler(rt: crate::fixture::Runtime) -> &'static str {
     }
 }
 
+/// The containerd snippet shipped for users (`deploy/containerd-cri.toml`), which declares the
+/// `bazaar` handler: every CRI test runs Bazaar pods through exactly that configuration.
+const SHIPPED_RUNTIME_TOML: &str = include_str!("../../../deploy/containerd-cri.toml");
+
 /// How the CRI plugin of one private containerd is set up.
 #[derive(Debug, Clone)]
 pub struct CriSettings {
@@ -61,8 +65,7 @@ impl CriSettings {
   default_runtime_name = "{runc}"
 [{cri}.containerd.runtimes.{runc}]
   runtime_type = "io.containerd.runc.v2"
-[{cri}.containerd.runtimes.{bazaar}]
-  runtime_type = "io.containerd.bazaar.v2"
+{shipped_bazaar}
 [{cri}.cni]
   bin_dir = "{bin}"
   conf_dir = "{conf}"
@@ -70,7 +73,7 @@ impl CriSettings {
 "#,
             image = self.sandbox_image,
             runc = RUNC_HANDLER,
-            bazaar = BAZAAR_HANDLER,
+            shipped_bazaar = SHIPPED_RUNTIME_TOML,
             bin = CNI_BIN_DIR,
             conf = self.network.conf_dir.display(),
         )
@@ -177,5 +180,15 @@ mod tests {
         assert!(toml.contains("runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\""));
         assert!(toml.contains("conf_dir = \"/tmp/bzt-x/cni/net.d\""));
         assert!(toml.contains("restrict_oom_score_adj = true"));
+    }
+
+    /// The shipped RuntimeClass names the handler the shipped containerd snippet declares.
+    #[test]
+    fn shipped_runtime_class_matches_the_containerd_snippet() {
+        let class = include_str!("../../../deploy/runtimeclass.yaml");
+        let handler = class.lines().find_map(|l| l.strip_prefix("handler: "));
+        assert_eq!(handler, Some(BAZAAR_HANDLER));
+        let name = format!("containerd.runtimes.{BAZAAR_HANDLER}]");
+        assert!(SHIPPED_RUNTIME_TOML.contains(&name), "{SHIPPED_RUNTIME_TOML}");
     }
 }
