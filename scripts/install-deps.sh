@@ -21,7 +21,7 @@ LIBEXEC="${BAZAAR_LIBEXEC:-/usr/local/libexec/bazaar}"
 APT_PACKAGES=(
     containerd runc qemu-system-x86 linux-source-6.1 busybox-static
     bc bison flex patch libelf-dev libssl-dev libseccomp-dev libcap-ng-dev cpio
-    containernetworking-plugins iproute2 kmod xz-utils make gcc pkg-config
+    containernetworking-plugins iproute2 iptables kmod xz-utils make gcc pkg-config
 )
 
 log() { echo "install-deps: $*" >&2; }

@@ -29,6 +29,7 @@
 mod config;
 mod container;
 mod error;
+mod forward;
 mod init;
 mod logging;
 mod network;
@@ -135,6 +136,10 @@ async fn serve(config: Config, log: Logger) -> anyhow::Result<()> {
     server.start().await.context("failed to start the ttrpc server")?;
     info!(log, "serving the agent API"; "listen" => &config.listen);
     if config.listen.starts_with("vsock://") {
+        // CRI's PortForward; without it the pod still runs, only forwarding fails.
+        if let Err(err) = forward::start(log.new(o!("component" => "forward"))) {
+            slog::warn!(log, "port forwarding unavailable"; "error" => format!("{err:#}"));
+        }
         ready::announce(log.clone());
     }
 

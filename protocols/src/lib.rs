@@ -35,4 +35,10 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// backend are up. With hybrid vsock the host listens on the Unix socket `<uds path>_<port>`.
 pub const AGENT_READY_PORT: u32 = 1025;
 
+/// The vsock port on which the agent forwards a connection to a TCP port of the guest's
+/// loopback (CRI's PortForward). The host writes `PORT <n>\n`; the agent answers `OK\n` once
+/// connected to 127.0.0.1:<n> in the VM's network namespace (the pod's), or `ERR <reason>\n`,
+/// and from then on the stream is the TCP connection.
+pub const AGENT_FORWARD_PORT: u32 = 1026;
+
 pub use ttrpc;

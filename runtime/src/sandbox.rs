@@ -50,6 +50,8 @@ pub struct Sandbox {
     hypervisor: Mutex<Box<dyn Hypervisor>>,
     /// The pod network carried into the VM, if the first container joined one.
     network: Mutex<Option<PodNetwork>>,
+    /// Serves CRI's PortForward into the guest (pods with a network namespace only).
+    port_forward: Option<tokio::task::JoinHandle<()>>,
     /// The pod's cgroup on the host holding the VMM (CRI pods only, see `host_cgroup`).
     host_cgroup: Option<HostCgroup>,
     logger: Logger,
@@ -85,7 +87,7 @@ impl Sandbox {
             }
         };
         let StartOptions { hostname, netns, host_cgroup } = *options;
-        let network = match netns {
+        let mut network = match netns {
             Some(netns) => match PodNetwork::attach(netns).await {
                 Ok(network) => Some(network),
                 Err(err) => {
@@ -98,6 +100,9 @@ impl Sandbox {
         let vm = Vm { id, hostname, config, run_dir: &run_dir, shared_dir: &shared_dir };
         match boot(&vm, network.as_ref(), hypervisor.as_mut(), &logger).await {
             Ok(agent) => {
+                let port_forward = network
+                    .as_mut()
+                    .and_then(|n| n.start_port_forward(hypervisor.agent_socket(), &logger));
                 let vmm_pid = hypervisor.vmm_pid().unwrap_or(0);
                 let host_cgroup =
                     host_cgroup.and_then(|path| join_host_cgroup(path, vmm_pid, &logger));
@@ -109,6 +114,7 @@ impl Sandbox {
                     vmm_pid,
                     hypervisor: Mutex::new(hypervisor),
                     network: Mutex::new(network),
+                    port_forward,
                     host_cgroup,
                     logger,
                 })
@@ -136,6 +142,9 @@ impl Sandbox {
         }
         if let Err(err) = self.hypervisor.lock().await.stop().await {
             warn!(self.logger, "stopping the VM failed"; "error" => format!("{err:#}"));
+        }
+        if let Some(task) = &self.port_forward {
+            task.abort();
         }
         detach_network(self.network.lock().await.take(), &self.logger).await;
         if let Some(cgroup) = self.host_cgroup.clone() {

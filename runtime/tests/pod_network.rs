@@ -71,6 +71,15 @@ fn tc(netns: &TestNetns, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+fn nat_rules(netns: &TestNetns) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &netns.name, "iptables", "-t", "nat", "-S"])
+        .output()
+        .expect("running iptables");
+    assert!(out.status.success(), "iptables -S: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[tokio::test]
 async fn attach_mirrors_the_cni_interface_onto_a_tap() {
     if !is_root() {
@@ -78,6 +87,8 @@ async fn attach_mirrors_the_cni_interface_onto_a_tap() {
         return;
     }
     let netns = TestNetns::create("podnet");
+    // containerd's CRI brings the pod's loopback up (CNI's loopback plugin).
+    netns.ip(&["link", "set", "lo", "up"]);
     netns.ip(&["link", "set", "eth0", "mtu", "1400", "up"]);
     netns.ip(&["addr", "add", "10.252.3.7/24", "dev", "eth0"]);
     netns.ip(&["route", "add", "default", "via", "10.252.3.1", "dev", "eth0"]);
@@ -132,7 +143,13 @@ async fn attach_mirrors_the_cni_interface_onto_a_tap() {
         );
     }
 
+    // Loopback TCP in the namespace goes to the runtime's port-forward listener.
+    let nat = nat_rules(&netns);
+    assert!(nat.contains("-A OUTPUT -j BAZAAR-PORT-FORWARD"), "{nat}");
+    assert!(nat.contains("-d 127.0.0.1/32 -p tcp -j REDIRECT --to-ports"), "{nat}");
+
     network.detach().await.expect("detach");
+    assert!(!nat_rules(&netns).contains("REDIRECT"), "the redirect outlived the sandbox");
     let links = netns.ip(&["-o", "link", "show"]);
     assert!(!links.contains("tap0_bazaar"), "the tap outlived its descriptors:\n{links}");
     let qdiscs = tc(&netns, &["qdisc", "show", "dev", "eth0"]);

@@ -11,7 +11,6 @@ use bazaar_tests::cri::pods::Pods;
 use bazaar_tests::cri::setup::handler;
 use bazaar_tests::cri::stream::Stream;
 use bazaar_tests::fixture::{Runtime, TestEnv};
-use bazaar_tests::skip::skip;
 
 both_runtimes!(stats, log_reopen, exec_and_attach, port_forward);
 
@@ -183,9 +182,16 @@ const HTTP_PORT: i32 = 8080;
 
 /// One HTTP request through PortForward: the response, or the error channel's message.
 fn fetch_through_port_forward(pods: &Pods<'_>, pod_id: &str) -> Result<String, String> {
-    let url = pods.port_forward_url(pod_id, HTTP_PORT);
-    let mut stream =
-        Stream::open(&url, &format!("?port={HTTP_PORT}")).map_err(|e| format!("{e:#}"))?;
+    fetch_through_port_forward_to(pods, pod_id, HTTP_PORT)
+}
+
+fn fetch_through_port_forward_to(
+    pods: &Pods<'_>,
+    pod_id: &str,
+    port: i32,
+) -> Result<String, String> {
+    let url = pods.port_forward_url(pod_id, port);
+    let mut stream = Stream::open(&url, &format!("?port={port}")).map_err(|e| format!("{e:#}"))?;
     stream.send(0, b"GET /index.html HTTP/1.0\r\n\r\n").map_err(|e| format!("{e:#}"))?;
     let _ = stream.read_until(Duration::from_secs(20), |out| {
         out.closed
@@ -204,8 +210,8 @@ fn fetch_through_port_forward(pods: &Pods<'_>, pod_id: &str) -> Result<String, S
 
 /// PortForward: containerd dials `localhost:<port>` inside the pod's network namespace on the
 /// host. Under runc the container's server listens there. Under Bazaar the server listens in
-/// the guest, and the host-side namespace holds nothing on that port, so containerd reports
-/// the refused connection (docs/cri.md, "PortForward").
+/// the guest; the runtime redirects the namespace's loopback TCP to a listener of its own that
+/// forwards each connection to the same port on the guest's loopback (docs/cri.md).
 fn port_forward(rt: Runtime) {
     let name = format!("e2e_cri_streaming-portfwd-{rt:?}").to_lowercase();
     let Some(env) = TestEnv::builder(&name, rt).cri().start() else { return };
@@ -225,25 +231,15 @@ fn port_forward(rt: Runtime) {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    let outcome = fetch_through_port_forward(&pods, &pod.id);
-    match rt {
-        Runtime::Runc => {
-            let response = outcome.unwrap_or_else(|err| panic!("port-forward under runc: {err}"));
-            assert!(response.starts_with("HTTP/1."), "{response}");
-        }
-        Runtime::Bazaar => {
-            let err = outcome.expect_err("port-forward reached the guest: update docs/cri.md");
-            assert!(err.contains("connection refused"), "unexpected port-forward failure: {err}");
-            skip(
-                "e2e_cri_streaming::port_forward::bazaar",
-                &format!(
-                    "CRI PortForward does not reach a Bazaar pod: containerd 1.6 dials localhost \
-                     in the pod's host-side network namespace, not in the guest (docs/cri.md); \
-                     it answered: {err}"
-                ),
-            );
-        }
-    }
+    // containerd dials localhost:<port> in the pod's host-side network namespace; under
+    // Bazaar the runtime redirects that to the guest's loopback (docs/cri.md).
+    let response = fetch_through_port_forward(&pods, &pod.id)
+        .unwrap_or_else(|err| panic!("port-forward: {err}\n{}", env.log_tail()));
+    assert!(response.starts_with("HTTP/1."), "{response}");
+    assert!(response.ends_with("hello-from-pod\n"), "{response}");
+    // A port nobody listens on fails instead of hanging.
+    let refused = fetch_through_port_forward_to(&pods, &pod.id, HTTP_PORT + 1);
+    assert!(refused.is_err(), "a forward to a closed port answered: {refused:?}");
     pods.stop_pod(&pod.id);
     pods.remove_pod(&pod.id);
     drop(pods);

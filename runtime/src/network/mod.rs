@@ -7,6 +7,7 @@
 //! then answers from the guest exactly as it would from a runc pod's namespace.
 
 mod discover;
+mod forward;
 mod netns;
 mod redirect;
 mod tap;
@@ -40,6 +41,8 @@ pub struct PodNetwork {
     pub interfaces: Vec<AttachedInterface>,
     pub routes: Vec<Route>,
     pub neighbours: Vec<Neighbour>,
+    /// The loopback listener for CRI's PortForward (see `forward`), or why there is none.
+    forward_listener: Result<std::net::TcpListener, String>,
 }
 
 impl PodNetwork {
@@ -55,14 +58,16 @@ impl PodNetwork {
             );
         }
         let path = netns.to_path_buf();
-        let (spec, taps) = netns::run_in(netns, || async move {
+        let (spec, taps, forward_listener) = netns::run_in(netns, || async move {
             let handle = connect()?;
             let spec = discover::read(&handle, TAP_PREFIX).await?;
             let mut taps = Vec::new();
             for (n, interface) in spec.interfaces.iter().enumerate() {
                 taps.push(attach_one(&handle, n, interface).await?);
             }
-            Ok((spec, taps))
+            // Without it the pod runs; only PortForward fails (with this reason in the log).
+            let forward = forward::prepare().map_err(|err| format!("{err:#}"));
+            Ok((spec, taps, forward))
         })
         .await
         .with_context(|| format!("connecting the pod network {} to the VM", path.display()))?;
@@ -72,7 +77,37 @@ impl PodNetwork {
             .zip(taps)
             .map(|(i, tap)| AttachedInterface { spec: i.spec, cni_index: i.index, tap })
             .collect();
-        Ok(PodNetwork { netns: path, interfaces, routes: spec.routes, neighbours: spec.neighbours })
+        Ok(PodNetwork {
+            netns: path,
+            interfaces,
+            routes: spec.routes,
+            neighbours: spec.neighbours,
+            forward_listener,
+        })
+    }
+
+    /// Starts serving CRI's PortForward into the guest whose hybrid-vsock socket is
+    /// `vsock_socket`. Once only; `None` (after a warning) when the namespace could not get
+    /// its redirect.
+    pub fn start_port_forward(
+        &mut self,
+        vsock_socket: PathBuf,
+        logger: &slog::Logger,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let listener = std::mem::replace(
+            &mut self.forward_listener,
+            Err("port forwarding already started".to_string()),
+        );
+        let started = listener
+            .map_err(anyhow::Error::msg)
+            .and_then(|listener| forward::spawn(listener, vsock_socket, logger.clone()));
+        match started {
+            Ok(task) => Some(task),
+            Err(err) => {
+                slog::warn!(logger, "no port forwarding into this pod"; "error" => format!("{err:#}"));
+                None
+            }
+        }
     }
 
     /// Drops the runtime's copies of the taps and removes the filters on the CNI side, if the
@@ -80,7 +115,8 @@ impl PodNetwork {
     pub async fn detach(self) -> Result<()> {
         let cni_indexes: Vec<u32> = self.interfaces.iter().map(|i| i.cni_index).collect();
         drop(self.interfaces);
-        if cni_indexes.is_empty() || !self.netns.exists() {
+        drop(self.forward_listener);
+        if !self.netns.exists() {
             return Ok(());
         }
         netns::run_in(&self.netns, || async move {
@@ -89,6 +125,8 @@ impl PodNetwork {
                 // The interface may be gone already (CNI DEL); nothing to undo then.
                 let _ = redirect::disconnect(&handle, index).await;
             }
+            // Fails only where the redirect never existed (iptables missing): nothing to undo.
+            let _ = forward::undo();
             Ok(())
         })
         .await
