@@ -68,6 +68,51 @@ fn vm_namespace_path(typ: LinuxNamespaceType) -> PathBuf {
 /// pause container.
 const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 
+/// The annotation naming, on each container of a CRI pod, the pod's pause container.
+const CRI_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+/// The pause container's id, for an app container of a CRI pod.
+pub fn cri_sandbox_id(spec: &Spec) -> Option<&str> {
+    let annotations = spec.annotations().as_ref()?;
+    (annotations.get(CRI_CONTAINER_TYPE)? == "container")
+        .then(|| annotations.get(CRI_SANDBOX_ID).map(String::as_str))
+        .flatten()
+}
+
+/// A pod-shared PID namespace is the pause container's, as under runc: when the host spec joins
+/// `/proc/<pause_pid>/ns/pid` (CRI names it by the pid the runtime reported, the pause process's
+/// guest pid), the guest spec joins that namespace in the guest instead of the VM's.
+pub fn join_pod_pid_namespace(guest: &mut Spec, host: &Spec, pause_pid: u32) {
+    let pause_namespace = PathBuf::from(format!("/proc/{pause_pid}/ns/pid"));
+    let joins_pause = host
+        .linux()
+        .as_ref()
+        .and_then(|linux| linux.namespaces().as_ref())
+        .into_iter()
+        .flatten()
+        .any(|ns| {
+            ns.typ() == LinuxNamespaceType::Pid && ns.path().as_ref() == Some(&pause_namespace)
+        });
+    if !joins_pause {
+        return;
+    }
+    if let Some(mut linux) = guest.linux().clone() {
+        if let Some(namespaces) = linux.namespaces().clone() {
+            let rewritten = namespaces
+                .into_iter()
+                .map(|mut ns| {
+                    if ns.typ() == LinuxNamespaceType::Pid {
+                        ns.set_path(Some(pause_namespace.clone()));
+                    }
+                    ns
+                })
+                .collect();
+            linux.set_namespaces(Some(rewritten));
+        }
+        guest.set_linux(Some(linux));
+    }
+}
+
 /// Whether `spec` is a CRI pod's pause container.
 pub fn is_cri_sandbox(spec: &Spec) -> bool {
     spec.annotations()
@@ -245,6 +290,32 @@ mod tests {
                 "annotations": {{"io.kubernetes.cri.container-type": "sandbox"}},
                 "linux": {{"namespaces": [{namespaces}]}}}}"#
         ))
+    }
+
+    #[test]
+    fn an_app_container_joins_the_pause_containers_pid_namespace() {
+        let host = spec_from(
+            r#"{"ociVersion": "1.0.2", "root": {"path": "rootfs"},
+                "annotations": {"io.kubernetes.cri.container-type": "container",
+                                "io.kubernetes.cri.sandbox-id": "pause1"},
+                "linux": {"namespaces": [{"type": "mount"},
+                    {"type": "pid", "path": "/proc/35/ns/pid"},
+                    {"type": "ipc", "path": "/proc/35/ns/ipc"}]}}"#,
+        );
+        assert_eq!(cri_sandbox_id(&host), Some("pause1"));
+        let pid_path = |spec: &Spec| {
+            let namespaces = spec.linux().clone().unwrap().namespaces().clone().unwrap();
+            let ns = namespaces.iter().find(|ns| ns.typ() == LinuxNamespaceType::Pid).cloned();
+            ns.and_then(|ns| ns.path().clone())
+        };
+        let mut guest = for_guest(host.clone(), "c1", Path::new("/b")).unwrap().spec;
+        assert_eq!(pid_path(&guest), Some(PathBuf::from("/proc/1/ns/pid")));
+        // Another pid than the pause container's: the VM's namespace stays.
+        join_pod_pid_namespace(&mut guest, &host, 36);
+        assert_eq!(pid_path(&guest), Some(PathBuf::from("/proc/1/ns/pid")));
+        join_pod_pid_namespace(&mut guest, &host, 35);
+        assert_eq!(pid_path(&guest), Some(PathBuf::from("/proc/35/ns/pid")));
+        assert_eq!(cri_sandbox_id(&pause_spec(r#"{"type": "pid"}"#)), None);
     }
 
     #[test]

@@ -104,6 +104,15 @@ impl Tasks {
             .cloned()
     }
 
+    /// The guest pid of the pod's pause container, for a CRI container of this shim's pod
+    /// (what containerd was told as its pid, so what CRI names its namespaces by).
+    async fn pod_pause_pid(&self, spec: &oci_spec::runtime::Spec) -> Option<u32> {
+        let sandbox_id = guest_spec::cri_sandbox_id(spec)?;
+        let containers = self.containers.lock().await;
+        let pid = containers.get(sandbox_id)?.init.process.pid();
+        (pid != 0).then_some(pid)
+    }
+
     /// Keeps one GetOOMEvent call outstanding for the sandbox's life and reports each OOM kill.
     fn spawn_oom_watch(&self, sandbox: &Sandbox) {
         let agent = sandbox.agent.clone();
@@ -158,8 +167,11 @@ impl Tasks {
         let spec = oci_spec::runtime::Spec::load(&spec_path).map_err(|err| {
             Error::InvalidArgument(format!("cannot read OCI spec {}: {err}", spec_path.display()))
         })?;
-        let guest = guest_spec::for_guest(spec.clone(), &task.id, &task.bundle)
+        let mut guest = guest_spec::for_guest(spec.clone(), &task.id, &task.bundle)
             .map_err(|err| Error::InvalidArgument(format!("{err:#}")))?;
+        if let Some(pause_pid) = self.pod_pause_pid(&spec).await {
+            guest_spec::join_pod_pid_namespace(&mut guest.spec, &spec, pause_pid);
+        }
         hooks::validate(&spec).map_err(|err| Error::InvalidArgument(format!("{err:#}")))?;
         let container_hooks = ContainerHooks::from_spec(&spec);
         // Under runc a container without a hostname of its own sees the host's; the guest

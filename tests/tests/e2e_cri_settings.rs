@@ -111,6 +111,12 @@ fn pod_settings(rt: Runtime) {
         (pods.exec_ok(&a, &["ps", "-o", "args"]), pods.exec_ok(&b, &["ps", "-o", "args"]));
     assert!(ps_a.contains("sleep 1002"), "a does not see b's process:\n{ps_a}");
     assert!(ps_b.contains("sleep 1001"), "b does not see a's process:\n{ps_b}");
+    // Its PID 1 is the pause container's process (the pause image runs `sleep infinity`), and
+    // nothing outside the pod shows (under Bazaar: not the guest agent).
+    let pids = pods.exec_ok(&a, &["ps", "-o", "pid,args"]);
+    let first = pids.lines().nth(1).map(|l| l.split_whitespace().collect::<Vec<_>>());
+    assert_eq!(first, Some(vec!["1", "/bin/sleep", "infinity"]), "PID 1 of the pod:\n{pids}");
+    assert!(!pids.contains("bazaar-agent") && !pids.contains("/init"), "{pids}");
     pods.stop_pod(&pod.id);
     pods.remove_pod(&pod.id);
 

@@ -2,7 +2,9 @@
 //!
 //! The guest VM is the pod: namespaces that the spec asks to *join* (a `path`, e.g. the pause
 //! container's network namespace under CRI) are the pod's shared ones, and in the guest those are
-//! the VM's own, so the container stays in the agent's namespace of that type. A new network
+//! the VM's own, so the container stays in the agent's namespace of that type. The exception is a
+//! pod-shared PID namespace: it is the pause container's (its init is PID 1 there, as under
+//! runc), which the runtime names by the pause process's guest pid. A new network
 //! namespace is never created either: every container of the sandbox uses the VM's network.
 
 use std::fs::File;
@@ -86,8 +88,31 @@ pub fn enter_new(spec: &Spec) -> anyhow::Result<()> {
     let namespaces =
         spec.linux().as_ref().and_then(|linux| linux.namespaces().clone()).unwrap_or_default();
     let (flags, _shared) = unshare_plan(&namespaces)?;
-    nix::sched::unshare(flags).with_context(|| format!("unshare({flags:?})"))
+    nix::sched::unshare(flags).with_context(|| format!("unshare({flags:?})"))?;
+    if let Some(path) = joined_pid_namespace(&namespaces) {
+        // Like a new one, a joined PID namespace applies to the child forked next.
+        let file = File::open(path).with_context(|| format!("open {path}"))?;
+        nix::sched::setns(&file, CloneFlags::CLONE_NEWPID)
+            .with_context(|| format!("setns into the PID namespace {path}"))?;
+    }
+    Ok(())
 }
+
+/// The PID namespace of another container of the pod that the spec joins (CRI's shared PID
+/// namespace: the pause container's, `/proc/<its pid>/ns/pid` in the guest), if it is not
+/// the VM's own.
+fn joined_pid_namespace(namespaces: &[LinuxNamespace]) -> Option<&str> {
+    let path = namespaces
+        .iter()
+        .find(|ns| ns.typ() == LinuxNamespaceType::Pid)?
+        .path()
+        .as_ref()?
+        .to_str()?;
+    (path != VM_PID_NAMESPACE).then_some(path)
+}
+
+/// How the runtime names the VM's own PID namespace (the agent's).
+const VM_PID_NAMESPACE: &str = "/proc/1/ns/pid";
 
 /// Joins the namespaces and the root directory of the container whose init has `init_pid`; the
 /// mount namespace last, because the others are opened through the agent's /proc.
@@ -136,6 +161,15 @@ pub fn join(init_pid: i32) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use oci_spec::runtime::LinuxNamespaceBuilder;
+
+    #[test]
+    fn only_another_containers_pid_namespace_is_joined() {
+        let pid = |path: Option<&str>| vec![ns(LinuxNamespaceType::Pid, path)];
+        assert_eq!(joined_pid_namespace(&pid(Some("/proc/35/ns/pid"))), Some("/proc/35/ns/pid"));
+        assert_eq!(joined_pid_namespace(&pid(Some("/proc/1/ns/pid"))), None);
+        assert_eq!(joined_pid_namespace(&pid(None)), None);
+        assert_eq!(joined_pid_namespace(&[ns(LinuxNamespaceType::Ipc, Some("/x"))]), None);
+    }
 
     fn ns(typ: LinuxNamespaceType, path: Option<&str>) -> LinuxNamespace {
         let builder = LinuxNamespaceBuilder::default().typ(typ);
