@@ -14,6 +14,10 @@ fn main() -> Result<()> {
     let [out] = args.as_slice() else {
         bail!("usage: bazaar-make-image OUT.tar");
     };
+    // An option (`--help`) is not an output path: writing a file named `--help` surprises.
+    if out.starts_with('-') {
+        bail!("usage: bazaar-make-image OUT.tar (it takes no options; got {out:?})");
+    }
     let out = PathBuf::from(out);
     let work = TempDir::new("bazaar-image")?;
     image::build_tarball(work.path(), &out)
