@@ -10,18 +10,30 @@ use bazaar_runtime::network::PodNetwork;
 use bazaar_tests::process::is_root;
 use bazaar_tests::skip::skip;
 
-/// A network namespace with a veth pair (one end inside), removed on drop.
+/// A network namespace with a veth pair (one end inside), held by a `sleep` of its own (not
+/// `ip netns add`, which bind-mounts /run/netns on the host and leaves the mount behind);
+/// the process is ended by its PID on drop, and the namespace goes with it.
 struct TestNetns {
-    name: String,
+    holder: std::process::Child,
     host_end: String,
 }
 
 impl TestNetns {
-    fn create(tag: &str) -> TestNetns {
-        let name = format!("bzt-{tag}-{}", std::process::id());
+    fn create() -> TestNetns {
+        let holder = Command::new("unshare")
+            .args(["--net", "sleep", "300"])
+            .spawn()
+            .expect("starting unshare --net");
         let host_end = format!("bzv{}", std::process::id() % 100_000);
-        let netns = TestNetns { name, host_end };
-        ip(&["netns", "add", &netns.name]);
+        let netns = TestNetns { holder, host_end };
+        // The namespace exists once the holder has exec'd sleep.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::read_link(netns.path()).ok() == std::fs::read_link("/proc/self/ns/net").ok()
+        {
+            assert!(std::time::Instant::now() < deadline, "unshare --net did not start");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let pid = netns.holder.id().to_string();
         ip(&[
             "link",
             "add",
@@ -32,27 +44,41 @@ impl TestNetns {
             "name",
             "eth0",
             "netns",
-            &netns.name,
+            &pid,
         ]);
         netns
     }
 
     fn path(&self) -> String {
-        format!("/run/netns/{}", self.name)
+        format!("/proc/{}/ns/net", self.holder.id())
     }
 
-    /// `ip -n <netns> ARGS`.
+    /// `nsenter --net=<netns> PROGRAM ARGS`.
+    fn run(&self, program: &str, args: &[&str]) -> String {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", self.path()))
+            .arg(program)
+            .args(args)
+            .output()
+            .expect("running nsenter");
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     fn ip(&self, args: &[&str]) -> String {
-        let mut all = vec!["-n", self.name.as_str()];
-        all.extend_from_slice(args);
-        ip(&all)
+        self.run("ip", args)
     }
 }
 
 impl Drop for TestNetns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["link", "delete", &self.host_end]).status();
-        let _ = Command::new("ip").args(["netns", "delete", &self.name]).status();
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
     }
 }
 
@@ -64,20 +90,11 @@ fn ip(args: &[&str]) -> String {
 }
 
 fn tc(netns: &TestNetns, args: &[&str]) -> String {
-    let mut all = vec!["-n", netns.name.as_str()];
-    all.extend_from_slice(args);
-    let out = Command::new("tc").args(&all).output().expect("running tc");
-    assert!(out.status.success(), "tc {all:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    netns.run("tc", args)
 }
 
 fn nat_rules(netns: &TestNetns) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &netns.name, "iptables", "-t", "nat", "-S"])
-        .output()
-        .expect("running iptables");
-    assert!(out.status.success(), "iptables -S: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    netns.run("iptables", &["-t", "nat", "-S"])
 }
 
 #[tokio::test]
@@ -86,7 +103,7 @@ async fn attach_mirrors_the_cni_interface_onto_a_tap() {
         skip("pod_network::attach_mirrors_the_cni_interface_onto_a_tap", "needs root");
         return;
     }
-    let netns = TestNetns::create("podnet");
+    let netns = TestNetns::create();
     // containerd's CRI brings the pod's loopback up (CNI's loopback plugin).
     netns.ip(&["link", "set", "lo", "up"]);
     netns.ip(&["link", "set", "eth0", "mtu", "1400", "up"]);

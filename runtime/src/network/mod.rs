@@ -20,8 +20,6 @@ use anyhow::{bail, Context, Result};
 use bazaar_protocols::agent::{Interface, Neighbour, Route};
 use rtnetlink::{Handle, LinkUnspec};
 
-pub use discover::format_mac;
-
 /// Names of the runtime's taps: `tap<N>_bazaar`, one per pod interface.
 const TAP_PREFIX: &str = "tap";
 const TAP_SUFFIX: &str = "_bazaar";
