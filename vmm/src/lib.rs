@@ -18,5 +18,6 @@ pub mod devices;
 pub mod exit;
 pub mod legacy;
 pub mod memory;
+pub mod mmio_devices;
 pub mod vcpu;
 pub mod vm;

@@ -3,8 +3,16 @@
 //! RAM starts at guest physical address 0. The 1 GiB below 4 GiB is a hole for device MMIO
 //! (virtio-mmio devices, the IOAPIC and local APIC); RAM that does not fit below the hole
 //! continues at 4 GiB.
+//!
+//! RAM is one memfd mapped shared, not anonymous memory: vhost-user backends (virtiofsd) must
+//! map the same pages to reach the virtqueues and buffers, and a sandbox always has one.
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use std::ffi::CStr;
+use std::fs::File;
+use std::os::fd::{FromRawFd, RawFd};
+use std::sync::Arc;
+
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
 
 /// Start of the 32-bit MMIO hole.
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;
@@ -24,6 +32,9 @@ pub enum Error {
     /// Guest memory size must be a non-zero multiple of 4 KiB, got {0:#x} bytes
     #[error("guest memory size must be a non-zero multiple of 4 KiB, got {0:#x} bytes")]
     BadSize(u64),
+    /// Could not create the file backing guest memory
+    #[error("could not create the memfd backing guest memory: {0}")]
+    Memfd(#[source] std::io::Error),
     /// Could not map guest memory
     #[error("could not map guest memory: {0}")]
     Mmap(#[from] vm_memory::mmap::FromRangesError),
@@ -43,9 +54,34 @@ pub fn ram_ranges(size: u64) -> Result<Vec<(GuestAddress, usize)>, Error> {
     Ok(ranges)
 }
 
-/// Maps `size` bytes of anonymous guest RAM.
+/// Maps `size` bytes of guest RAM from a fresh memfd, each RAM range at its own offset in the
+/// file (so a vhost-user backend maps a range from the same fd and offset).
 pub fn create(size: u64) -> Result<GuestMemory, Error> {
-    Ok(GuestMemoryMmap::from_ranges(&ram_ranges(size)?)?)
+    let ranges = ram_ranges(size)?;
+    let file = Arc::new(memfd(c"bazaar-guest-ram")?);
+    // Pages are allocated on first touch; the length only reserves the file's size.
+    file.set_len(size).map_err(Error::Memfd)?;
+    let mut offset = 0u64;
+    let with_files: Vec<_> = ranges
+        .into_iter()
+        .map(|(start, len)| {
+            let region = (start, len, Some(FileOffset::from_arc(file.clone(), offset)));
+            offset += len as u64;
+            region
+        })
+        .collect();
+    Ok(GuestMemoryMmap::from_ranges_with_files(with_files)?)
+}
+
+/// A new close-on-exec memfd named `name` (the name shows in /proc/<pid>/maps).
+fn memfd(name: &CStr) -> Result<File, Error> {
+    // SAFETY: `name` is a valid NUL-terminated string; the call only creates a descriptor.
+    let fd: RawFd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(Error::Memfd(std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` was just returned by memfd_create and is owned by nothing else.
+    Ok(unsafe { File::from_raw_fd(fd) })
 }
 
 #[cfg(test)]
@@ -67,6 +103,19 @@ mod tests {
         assert_eq!(ranges[0], (GuestAddress(0), MMIO_HOLE_START as usize));
         assert_eq!(ranges[1].0, GuestAddress(1 << 32));
         assert_eq!(ranges[1].1 as u64, (4 << 30) - MMIO_HOLE_START);
+    }
+
+    #[test]
+    fn memory_is_one_shared_file_at_consecutive_offsets() {
+        let mem = create((3 << 30) + (1 << 30)).expect("4 GiB, not touched");
+        let offsets: Vec<_> =
+            mem.iter().map(|r| r.file_offset().map(|f| f.start()).expect("file backed")).collect();
+        assert_eq!(offsets, vec![0, MMIO_HOLE_START]);
+        let fds: Vec<_> = mem
+            .iter()
+            .filter_map(|r| r.file_offset().map(|f| std::os::fd::AsRawFd::as_raw_fd(f.file())))
+            .collect();
+        assert_eq!(fds[0], fds[1], "one memfd for all of RAM");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! virtio devices: the [`VirtioDevice`] contract a device model implements, the interrupt it
 //! raises, and the virtio-mmio transport that exposes a device to the guest.
 
+pub mod fs;
 pub mod mmio;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -93,4 +94,10 @@ pub trait VirtioDevice: Send {
     fn queue_notify(&mut self, index: u16);
     /// The driver reset the device: drop queues and go back to the pre-activation state.
     fn reset(&mut self);
+    /// Eventfds, by queue index, that a driver's notification of that queue may be written to
+    /// directly (KVM ioeventfds, so the notification costs no exit to the VMM). Devices that
+    /// return none get [`queue_notify`](Self::queue_notify) calls on the vCPU thread.
+    fn queue_events(&self) -> &[vmm_sys_util::eventfd::EventFd] {
+        &[]
+    }
 }
