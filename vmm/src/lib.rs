@@ -17,6 +17,7 @@ pub mod bus;
 pub mod devices;
 pub mod exit;
 pub mod legacy;
+pub mod machine;
 pub mod memory;
 pub mod mmio_devices;
 pub mod vcpu;

@@ -1,43 +1,58 @@
 //! `bazaar-vmm`: boot a Linux kernel under KVM with the guest's serial console on stdout.
 //! Exits 0 when the guest resets or powers off, 1 on a VMM error, 2 on a usage error.
 
+use std::collections::HashMap;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::mpsc;
-use std::thread;
+use std::time::Instant;
 
-use bazaar_vmm::vcpu::{self, Exit};
-use bazaar_vmm::vm::{Vm, VmConfig};
-use bazaar_vmm::{boot, legacy};
-use linux_loader::cmdline::Cmdline;
+use bazaar_vmm::machine::{self, DeviceConfig, MachineConfig};
 
 const USAGE: &str = "usage: bazaar-vmm --kernel PATH [--initrd PATH] [--cmdline STR] \
-[--memory-mib N] [--vcpus N]
+[--memory-mib N] [--vcpus N] [--fs tag=TAG,socket=PATH]...
 
   --kernel PATH     bzImage or ELF vmlinux (64-bit boot protocol)
   --initrd PATH     initramfs
   --cmdline STR     appended to the VMM's own kernel parameters:
                     console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux
-                    i8042.nopnp i8042.dumbkbd
+                    i8042.nopnp i8042.dumbkbd (and one virtio_mmio.device= per device)
   --memory-mib N    guest RAM (default 256)
-  --vcpus N         vCPUs, 1 to 32 (default 1)";
+  --vcpus N         vCPUs, 1 to 32 (default 1)
+  --fs tag=TAG,socket=PATH
+                    virtio-fs named TAG, served by the vhost-user backend (virtiofsd)
+                    listening at PATH";
 
-const BASE_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
-
-#[derive(Debug)]
-struct Args {
-    kernel: PathBuf,
-    initrd: Option<PathBuf>,
-    cmdline: Option<String>,
-    memory_mib: u64,
-    vcpus: u8,
+/// `key=value,key=value` of a device flag, every key known and none repeated.
+fn keyed<'a>(
+    flag: &str,
+    value: &'a str,
+    known: &[&str],
+) -> Result<HashMap<&'a str, &'a str>, String> {
+    let mut pairs = HashMap::new();
+    for item in value.split(',') {
+        let (key, val) = item
+            .split_once('=')
+            .ok_or_else(|| format!("{flag} {value}: expected key=value, got {item:?}"))?;
+        if !known.contains(&key) {
+            return Err(format!("{flag}: unknown key {key:?} (known: {})", known.join(", ")));
+        }
+        if pairs.insert(key, val).is_some() {
+            return Err(format!("{flag}: {key} given twice"));
+        }
+    }
+    Ok(pairs)
 }
 
-fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
+/// The value of `key` in a device flag, which must be there and not be empty.
+fn required<'a>(flag: &str, pairs: &HashMap<&str, &'a str>, key: &str) -> Result<&'a str, String> {
+    pairs.get(key).copied().filter(|v| !v.is_empty()).ok_or_else(|| format!("{flag} needs {key}="))
+}
+
+fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<MachineConfig, String> {
     let (mut kernel, mut initrd, mut cmdline) = (None, None, None);
     let (mut memory_mib, mut vcpus) = (256u64, 1u8);
+    let mut devices = Vec::new();
     while let Some(flag) = argv.next() {
         if flag == "--help" || flag == "-h" {
             return Err(String::new());
@@ -61,11 +76,18 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
                     .filter(|&n| (1..=32).contains(&n))
                     .ok_or_else(|| format!("--vcpus {value}: expected 1 to 32"))?
             }
+            "--fs" => {
+                let pairs = keyed(&flag, &value, &["tag", "socket"])?;
+                devices.push(DeviceConfig::Fs {
+                    tag: required(&flag, &pairs, "tag")?.to_string(),
+                    socket: PathBuf::from(required(&flag, &pairs, "socket")?),
+                });
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }
     let kernel = kernel.ok_or("--kernel is required")?;
-    Ok(Args { kernel, initrd, cmdline, memory_mib, vcpus })
+    Ok(MachineConfig { kernel, initrd, cmdline, memory_mib, vcpus, devices })
 }
 
 /// Guest console output: stdout, flushed on every write so prompts show at once.
@@ -83,35 +105,9 @@ impl Write for Console {
     }
 }
 
-fn run(args: &Args) -> Result<Exit, Box<dyn std::error::Error>> {
-    let vm = Vm::new(&VmConfig { memory_mib: args.memory_mib, irqchip: true })?;
-    legacy::attach(&vm, Console)?;
-    let mut cmdline = Cmdline::new(boot::layout::CMDLINE_MAX)?;
-    cmdline.insert_str(BASE_CMDLINE)?;
-    if let Some(extra) = &args.cmdline {
-        cmdline.insert_str(extra)?;
-    }
-    let kernel = boot::load_linux(vm.memory(), &args.kernel, args.initrd.as_deref(), &cmdline)?;
-
-    let (tx, rx) = mpsc::channel::<Result<Exit, vcpu::Error>>();
-    for id in 0..args.vcpus {
-        let mut vcpu = vm.create_vcpu(id)?;
-        boot::setup_vcpu(vm.kvm(), vcpu.fd(), id, args.vcpus, kernel.entry.0, true)?;
-        let tx = tx.clone();
-        thread::Builder::new().name(format!("vcpu{id}")).spawn(move || {
-            let _ = tx.send(vcpu.run());
-        })?;
-    }
-    drop(tx);
-    // The first vCPU to stop decides; the others end with the process.
-    match rx.recv() {
-        Ok(result) => Ok(result?),
-        Err(_) => Err("every vCPU thread ended without a result".into()),
-    }
-}
-
 fn main() -> ExitCode {
-    let args = match parse_args(std::env::args().skip(1)) {
+    let started = Instant::now();
+    let config = match parse_args(std::env::args().skip(1)) {
         Ok(args) => args,
         Err(msg) => {
             if !msg.is_empty() {
@@ -121,7 +117,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(&args) {
+    match machine::run(config, Console, started) {
         Ok(exit) => {
             eprintln!("bazaar-vmm: guest stopped: {exit:?}");
             ExitCode::SUCCESS
@@ -137,7 +133,7 @@ fn main() -> ExitCode {
 mod tests {
     use super::*;
 
-    fn parse(args: &[&str]) -> Result<Args, String> {
+    fn parse(args: &[&str]) -> Result<MachineConfig, String> {
         parse_args(args.iter().map(|s| s.to_string()))
     }
 
@@ -160,6 +156,36 @@ mod tests {
         assert_eq!(a.initrd, Some(PathBuf::from("i")));
         assert_eq!(a.cmdline.as_deref(), Some("quiet"));
         assert_eq!((a.memory_mib, a.vcpus), (512, 2));
+        assert!(a.devices.is_empty());
+    }
+
+    #[test]
+    fn parses_devices() {
+        let a = parse(&["--kernel", "k", "--fs", "tag=rootfs,socket=/run/fs.sock"]).expect("valid");
+        match a.devices.as_slice() {
+            [DeviceConfig::Fs { tag, socket }] => {
+                assert_eq!(
+                    (tag.as_str(), socket.as_path()),
+                    ("rootfs", std::path::Path::new("/run/fs.sock"))
+                )
+            }
+            other => panic!("unexpected devices {other:?}"),
+        }
+    }
+
+    #[test]
+    fn refuses_bad_device_flags() {
+        for bad in [
+            "tag=x",
+            "socket=/s",
+            "tag=x,socket=/s,extra=1",
+            "tag=x,tag=y,socket=/s",
+            "tag",
+            "tag=,socket=/s",
+        ] {
+            let err = parse(&["--kernel", "k", "--fs", bad]).expect_err(bad);
+            assert!(err.starts_with("--fs"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -1,0 +1,146 @@
+//! One VM from a [`MachineConfig`]: memory, legacy devices, virtio devices, the kernel, and
+//! the vCPU threads; [`run`] returns when the guest resets or powers off.
+//!
+//! Boot is instrumented on stderr ("bazaar-vmm: boot: ..." lines, milliseconds since the VMM
+//! started): setup done and vCPU 0 entering the kernel, then the first console output. The
+//! runtime's backend logs these per sandbox.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::thread;
+use std::time::Instant;
+
+use linux_loader::cmdline::Cmdline;
+
+use crate::devices::virtio::fs::VhostUserFs;
+use crate::mmio_devices::MmioDevices;
+use crate::vcpu::{self, Exit};
+use crate::vm::{Vm, VmConfig};
+use crate::{boot, legacy};
+
+/// The VMM's own kernel parameters: serial console, reboot through the keyboard controller
+/// (the i8042 reset ends the VM), no PCI probing (devices are virtio-mmio), and an i8042
+/// driver that does not probe for a mouse or a real keyboard.
+pub const BASE_CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+
+/// What to build.
+#[derive(Debug)]
+pub struct MachineConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// Appended to [`BASE_CMDLINE`] and the device parameters.
+    pub cmdline: Option<String>,
+    pub memory_mib: u64,
+    pub vcpus: u8,
+    pub devices: Vec<DeviceConfig>,
+}
+
+/// A virtio device to attach.
+#[derive(Debug)]
+pub enum DeviceConfig {
+    /// virtio-fs named `tag`, served by the vhost-user backend listening at `socket`.
+    Fs { tag: String, socket: PathBuf },
+}
+
+/// Errors building or running the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Vm(#[from] crate::vm::Error),
+    #[error(transparent)]
+    Legacy(#[from] legacy::Error),
+    #[error(transparent)]
+    Boot(#[from] boot::Error),
+    #[error(transparent)]
+    Vcpu(#[from] vcpu::Error),
+    #[error(transparent)]
+    Placement(#[from] crate::mmio_devices::Error),
+    #[error("virtio-fs: {0}")]
+    Fs(#[from] crate::devices::virtio::fs::Error),
+    #[error("bad kernel command line: {0}")]
+    Cmdline(#[from] linux_loader::cmdline::Error),
+    #[error("cannot start a vCPU thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("every vCPU thread ended without a result")]
+    NoVcpuResult,
+}
+
+/// Builds the VM and runs it until the guest resets or powers off (or a vCPU fails). Guest
+/// console output goes to `console`; `started` is when the VMM process started, for the boot
+/// timeline.
+pub fn run<W: Write + Send + 'static>(
+    config: MachineConfig,
+    console: W,
+    started: Instant,
+) -> Result<Exit, Error> {
+    let vm = Vm::new(&VmConfig { memory_mib: config.memory_mib, irqchip: true })?;
+    legacy::attach(&vm, FirstOutput::new(console, started))?;
+    let mut cmdline = Cmdline::new(boot::layout::CMDLINE_MAX)?;
+    cmdline.insert_str(BASE_CMDLINE)?;
+    let mut placement = MmioDevices::new();
+    for device in config.devices {
+        match device {
+            DeviceConfig::Fs { tag, socket } => {
+                placement.attach(&vm, &mut cmdline, VhostUserFs::new(&tag, &socket)?)?;
+            }
+        }
+    }
+    if let Some(extra) = &config.cmdline {
+        cmdline.insert_str(extra)?;
+    }
+    let kernel = boot::load_linux(vm.memory(), &config.kernel, config.initrd.as_deref(), &cmdline)?;
+
+    let (tx, rx) = mpsc::channel::<Result<Exit, vcpu::Error>>();
+    for id in 0..config.vcpus {
+        let mut vcpu = vm.create_vcpu(id)?;
+        boot::setup_vcpu(vm.kvm(), vcpu.fd(), id, config.vcpus, kernel.entry.0, true)?;
+        let tx = tx.clone();
+        thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || {
+                if id == 0 {
+                    boot_event("vCPU 0 enters the kernel", started);
+                }
+                let _ = tx.send(vcpu.run());
+            })
+            .map_err(Error::Thread)?;
+    }
+    drop(tx);
+    // The first vCPU to stop decides; the others end with the process.
+    match rx.recv() {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(Error::NoVcpuResult),
+    }
+}
+
+/// One line of the boot timeline on stderr.
+fn boot_event(what: &str, started: Instant) {
+    eprintln!("bazaar-vmm: boot: {what} at {} ms", started.elapsed().as_millis());
+}
+
+/// The console writer, noting the first byte the guest prints (the kernel is running).
+struct FirstOutput<W> {
+    inner: W,
+    started: Instant,
+    seen: bool,
+}
+
+impl<W> FirstOutput<W> {
+    fn new(inner: W, started: Instant) -> Self {
+        Self { inner, started, seen: false }
+    }
+}
+
+impl<W: Write> Write for FirstOutput<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if !std::mem::replace(&mut self.seen, true) {
+            boot_event("first console output", self.started);
+        }
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
