@@ -12,9 +12,11 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub mod builtin;
 pub mod console;
 pub mod hybrid_vsock;
 pub mod probe;
+mod process;
 pub mod qemu;
 mod records;
 

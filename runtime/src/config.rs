@@ -47,6 +47,8 @@ pub struct HypervisorConfig {
     pub qemu_path: PathBuf,
     pub virtiofsd_path: PathBuf,
     pub vhost_vsock_path: PathBuf,
+    /// The built-in VMM (`hypervisor = "builtin"`).
+    pub vmm_path: PathBuf,
 }
 
 impl Default for HypervisorConfig {
@@ -63,6 +65,7 @@ impl Default for HypervisorConfig {
             qemu_path: PathBuf::from("/usr/bin/qemu-system-x86_64"),
             virtiofsd_path: PathBuf::from("/usr/local/libexec/bazaar/virtiofsd"),
             vhost_vsock_path: PathBuf::from("/usr/local/libexec/bazaar/vhost-device-vsock"),
+            vmm_path: PathBuf::from("/usr/local/bin/bazaar-vmm"),
         }
     }
 }

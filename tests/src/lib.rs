@@ -37,6 +37,7 @@ pub mod pty;
 pub mod shim_ttrpc;
 pub mod skip;
 pub mod tempdir;
+pub mod tiny_kernel;
 
 /// One `#[test]` per runtime for each scenario `fn(Runtime)` named: `<scenario>::bazaar` and
 /// `<scenario>::runc`, so every e2e scenario runs under Bazaar and its runc twin.

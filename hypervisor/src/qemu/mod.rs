@@ -2,7 +2,6 @@
 //! `vhost-device-vsock` and a vhost-user virtio-fs device served by `virtiofsd`.
 
 pub mod cmdline;
-mod process;
 mod qmp;
 
 use std::ffi::OsString;
@@ -19,10 +18,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use self::cmdline::{NetworkArg, QemuArgs, SharedFsArg};
-use self::process::{ChildHandle, FdMapping, Stdout};
 use self::qmp::Qmp;
 use crate::console::{forward_console, ConsoleSink};
 use crate::probe::{self, AccelChoice};
+use crate::process::{
+    self, command_line, remove_files, with_suffix, ChildHandle, FdMapping, Stdout,
+};
 use crate::{Device, Hypervisor, NetworkDevice, ProcessRecord, VmConfig, VmExit};
 
 /// vhost-user socket between QEMU and vhost-device-vsock.
@@ -376,42 +377,6 @@ impl Children {
         remove_files(&self.sockets, logger);
         qemu_result.and(vsock_result).and(fs_result)
     }
-}
-
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_os_string();
-    name.push(suffix);
-    PathBuf::from(name)
-}
-
-fn remove_files(paths: &[PathBuf], logger: &Logger) {
-    for path in paths {
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => {
-                warn!(logger, "removing a socket"; "path" => %path.display(), "error" => %err)
-            }
-        }
-    }
-}
-
-/// The command line as one string for the log (shell quoting where needed).
-fn command_line(program: &Path, args: &[OsString]) -> String {
-    let quote = |s: &str| {
-        if !s.is_empty()
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_=,./:+@".contains(&b))
-        {
-            s.to_string()
-        } else {
-            format!("'{}'", s.replace('\'', r"'\''"))
-        }
-    };
-    std::iter::once(program.as_os_str())
-        .chain(args.iter().map(OsString::as_os_str))
-        .map(|a| quote(&a.to_string_lossy()))
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 #[async_trait]
