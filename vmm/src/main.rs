@@ -91,7 +91,13 @@ fn run(args: &Args) -> Result<Exit, Box<dyn std::error::Error>> {
     if let Some(extra) = &args.cmdline {
         cmdline.insert_str(extra)?;
     }
-    let kernel = boot::load_linux(vm.memory(), &args.kernel, args.initrd.as_deref(), &cmdline)?;
+    let kernel = boot::load_linux(
+        vm.memory(),
+        &args.kernel,
+        args.initrd.as_deref(),
+        &cmdline,
+        args.vcpus,
+    )?;
 
     let (tx, rx) = mpsc::channel::<Result<Exit, vcpu::Error>>();
     for id in 0..args.vcpus {
