@@ -7,13 +7,14 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 use std::thread;
 
-use bazaar_vmm::vcpu::{self, Exit};
+use bazaar_vmm::seccomp::{self, ThreadKind};
+use bazaar_vmm::vcpu::Exit;
 use bazaar_vmm::vm::{Vm, VmConfig};
 use bazaar_vmm::{boot, legacy};
 use linux_loader::cmdline::Cmdline;
 
 const USAGE: &str = "usage: bazaar-vmm --kernel PATH [--initrd PATH] [--cmdline STR] \
-[--memory-mib N] [--vcpus N]
+[--memory-mib N] [--vcpus N] [--seccomp MODE]
 
   --kernel PATH     bzImage or ELF vmlinux (64-bit boot protocol)
   --initrd PATH     initramfs
@@ -21,7 +22,9 @@ const USAGE: &str = "usage: bazaar-vmm --kernel PATH [--initrd PATH] [--cmdline 
                     console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux
                     i8042.nopnp i8042.dumbkbd
   --memory-mib N    guest RAM (default 256)
-  --vcpus N         vCPUs, 1 to 32 (default 1)";
+  --vcpus N         vCPUs, 1 to 32 (default 1)
+  --seccomp MODE    what a thread's seccomp filter does with a system call it does not
+                    allow: kill (the process, default), log (allow and log), none (no filter)";
 
 const BASE_CMDLINE: &str =
     "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
@@ -33,11 +36,13 @@ struct Args {
     cmdline: Option<String>,
     memory_mib: u64,
     vcpus: u8,
+    seccomp: seccomp::Mode,
 }
 
 fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
     let (mut kernel, mut initrd, mut cmdline) = (None, None, None);
     let (mut memory_mib, mut vcpus) = (256u64, 1u8);
+    let mut seccomp = seccomp::Mode::default();
     while let Some(flag) = argv.next() {
         if flag == "--help" || flag == "-h" {
             return Err(String::new());
@@ -61,11 +66,12 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
                     .filter(|&n| (1..=32).contains(&n))
                     .ok_or_else(|| format!("--vcpus {value}: expected 1 to 32"))?
             }
+            "--seccomp" => seccomp = value.parse().map_err(|e| format!("--seccomp: {e}"))?,
             other => return Err(format!("unknown argument {other}")),
         }
     }
     let kernel = kernel.ok_or("--kernel is required")?;
-    Ok(Args { kernel, initrd, cmdline, memory_mib, vcpus })
+    Ok(Args { kernel, initrd, cmdline, memory_mib, vcpus, seccomp })
 }
 
 /// Guest console output: stdout, flushed on every write so prompts show at once.
@@ -83,6 +89,9 @@ impl Write for Console {
     }
 }
 
+/// What a vCPU thread reports when it fails: a vCPU or seccomp error.
+type ThreadError = Box<dyn std::error::Error + Send + Sync>;
+
 fn run(args: &Args) -> Result<Exit, Box<dyn std::error::Error>> {
     let vm = Vm::new(&VmConfig { memory_mib: args.memory_mib, irqchip: true })?;
     legacy::attach(&vm, Console)?;
@@ -91,27 +100,29 @@ fn run(args: &Args) -> Result<Exit, Box<dyn std::error::Error>> {
     if let Some(extra) = &args.cmdline {
         cmdline.insert_str(extra)?;
     }
-    let kernel = boot::load_linux(
-        vm.memory(),
-        &args.kernel,
-        args.initrd.as_deref(),
-        &cmdline,
-        args.vcpus,
-    )?;
+    let kernel =
+        boot::load_linux(vm.memory(), &args.kernel, args.initrd.as_deref(), &cmdline, args.vcpus)?;
 
-    let (tx, rx) = mpsc::channel::<Result<Exit, vcpu::Error>>();
+    let (tx, rx) = mpsc::channel::<Result<Exit, ThreadError>>();
     for id in 0..args.vcpus {
         let mut vcpu = vm.create_vcpu(id)?;
         boot::setup_vcpu(vm.kvm(), vcpu.fd(), id, args.vcpus, kernel.entry.0, true)?;
         let tx = tx.clone();
+        let mode = args.seccomp;
         thread::Builder::new().name(format!("vcpu{id}")).spawn(move || {
-            let _ = tx.send(vcpu.run());
+            let result = match seccomp::apply(ThreadKind::Vcpu, mode) {
+                Ok(()) => vcpu.run().map_err(ThreadError::from),
+                Err(e) => Err(e.into()),
+            };
+            let _ = tx.send(result);
         })?;
     }
     drop(tx);
+    // After spawning: a filter is inherited by threads spawned later.
+    seccomp::apply(ThreadKind::Vmm, args.seccomp)?;
     // The first vCPU to stop decides; the others end with the process.
     match rx.recv() {
-        Ok(result) => Ok(result?),
+        Ok(result) => result.map_err(|e| e as Box<dyn std::error::Error>),
         Err(_) => Err("every vCPU thread ended without a result".into()),
     }
 }
@@ -160,12 +171,17 @@ mod tests {
             "512",
             "--vcpus",
             "2",
+            "--seccomp",
+            "log",
         ])
         .expect("valid");
         assert_eq!(a.kernel, PathBuf::from("k"));
         assert_eq!(a.initrd, Some(PathBuf::from("i")));
         assert_eq!(a.cmdline.as_deref(), Some("quiet"));
         assert_eq!((a.memory_mib, a.vcpus), (512, 2));
+        assert_eq!(a.seccomp, seccomp::Mode::Log);
+        let defaults = parse(&["--kernel", "k"]).expect("valid");
+        assert_eq!(defaults.seccomp, seccomp::Mode::Kill);
     }
 
     #[test]
@@ -175,5 +191,6 @@ mod tests {
         assert!(parse(&["--kernel", "k", "--vcpus", "0"]).is_err());
         assert!(parse(&["--kernel", "k", "--memory-mib", "lots"]).is_err());
         assert!(parse(&["--kernel", "k", "--bogus", "1"]).is_err());
+        assert!(parse(&["--kernel", "k", "--seccomp", "off"]).is_err());
     }
 }
