@@ -125,11 +125,17 @@ fn boot_processor_starts_an_ap_with_init_sipi_sipi() {
     boot::regs::write_boot_tables(vm.memory()).expect("boot tables");
     map_local_apic(&vm);
 
+    // Every vCPU exists before any runs: an IPI to an APIC id KVM does not have yet is lost.
+    let vcpus: Vec<_> = (0..2)
+        .map(|id| {
+            let vcpu = vm.create_vcpu(id).expect("vcpu");
+            boot::setup_vcpu(vm.kvm(), vcpu.fd(), id, 2, BSP_CODE_ADDR, true).expect("setup");
+            vcpu
+        })
+        .collect();
     let (tx, rx) = mpsc::channel();
-    for id in 0..2 {
-        let mut vcpu = vm.create_vcpu(id).expect("vcpu");
-        boot::setup_vcpu(vm.kvm(), vcpu.fd(), id, 2, BSP_CODE_ADDR, true).expect("setup");
-        let tx = tx.clone();
+    for mut vcpu in vcpus {
+        let (id, tx) = (vcpu.id(), tx.clone());
         thread::spawn(move || {
             let _ = tx.send((id, vcpu.run()));
         });
