@@ -8,7 +8,8 @@
 //! - [`devices`]: the device models (8250 serial, i8042, virtio-mmio transport);
 //! - [`boot`]: loading a Linux kernel and putting a vCPU in the state its entry point expects;
 //! - [`exit`]: how a device asks the VM to stop (reset, power-off);
-//! - [`legacy`]: wiring COM1 and the i8042 into a VM.
+//! - [`legacy`]: wiring COM1 and the i8042 into a VM;
+//! - [`seccomp`]: the system call filter each kind of VMM thread installs.
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -20,5 +21,6 @@ pub mod legacy;
 pub mod machine;
 pub mod memory;
 pub mod mmio_devices;
+pub mod seccomp;
 pub mod vcpu;
 pub mod vm;

@@ -15,6 +15,7 @@ use linux_loader::cmdline::Cmdline;
 
 use crate::devices::virtio::fs::VhostUserFs;
 use crate::mmio_devices::MmioDevices;
+use crate::seccomp::{self, ThreadKind};
 use crate::vcpu::{self, Exit};
 use crate::vm::{Vm, VmConfig};
 use crate::{boot, legacy};
@@ -35,6 +36,8 @@ pub struct MachineConfig {
     pub memory_mib: u64,
     pub vcpus: u8,
     pub devices: Vec<DeviceConfig>,
+    /// What the threads' seccomp filters do with a system call they do not allow.
+    pub seccomp: seccomp::Mode,
 }
 
 /// A virtio device to attach.
@@ -65,6 +68,8 @@ pub enum Error {
     Thread(#[source] std::io::Error),
     #[error("every vCPU thread ended without a result")]
     NoVcpuResult,
+    #[error("seccomp: {0}")]
+    Seccomp(#[from] seccomp::Error),
 }
 
 /// Builds the VM and runs it until the guest resets or powers off (or a vCPU fails). Guest
@@ -90,29 +95,46 @@ pub fn run<W: Write + Send + 'static>(
     if let Some(extra) = &config.cmdline {
         cmdline.insert_str(extra)?;
     }
-    let kernel = boot::load_linux(vm.memory(), &config.kernel, config.initrd.as_deref(), &cmdline)?;
+    let kernel = boot::load_linux(
+        vm.memory(),
+        &config.kernel,
+        config.initrd.as_deref(),
+        &cmdline,
+        config.vcpus,
+    )?;
 
-    let (tx, rx) = mpsc::channel::<Result<Exit, vcpu::Error>>();
+    // Every vCPU exists and is set up before any runs: an INIT-SIPI sent to a vCPU that KVM
+    // does not know yet would be lost.
+    let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
     for id in 0..config.vcpus {
-        let mut vcpu = vm.create_vcpu(id)?;
+        let vcpu = vm.create_vcpu(id)?;
         boot::setup_vcpu(vm.kvm(), vcpu.fd(), id, config.vcpus, kernel.entry.0, true)?;
+        vcpus.push(vcpu);
+    }
+    let (tx, rx) = mpsc::channel::<Result<Exit, Error>>();
+    for mut vcpu in vcpus {
+        let id = vcpu.id();
         let tx = tx.clone();
+        let mode = config.seccomp;
         thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
-                if id == 0 {
-                    boot_event("vCPU 0 enters the kernel", started);
-                }
-                let _ = tx.send(vcpu.run());
+                let result = seccomp::apply(ThreadKind::Vcpu, mode).map_err(Error::from);
+                let result = result.and_then(|()| {
+                    if id == 0 {
+                        boot_event("vCPU 0 enters the kernel", started);
+                    }
+                    vcpu.run().map_err(Error::from)
+                });
+                let _ = tx.send(result);
             })
             .map_err(Error::Thread)?;
     }
     drop(tx);
+    // Only after spawning: threads inherit the filter of the thread that spawns them.
+    seccomp::apply(ThreadKind::Vmm, config.seccomp)?;
     // The first vCPU to stop decides; the others end with the process.
-    match rx.recv() {
-        Ok(result) => Ok(result?),
-        Err(_) => Err(Error::NoVcpuResult),
-    }
+    rx.recv().map_err(|_| Error::NoVcpuResult)?
 }
 
 /// One line of the boot timeline on stderr.

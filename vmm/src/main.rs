@@ -10,7 +10,7 @@ use std::time::Instant;
 use bazaar_vmm::machine::{self, DeviceConfig, MachineConfig};
 
 const USAGE: &str = "usage: bazaar-vmm --kernel PATH [--initrd PATH] [--cmdline STR] \
-[--memory-mib N] [--vcpus N] [--fs tag=TAG,socket=PATH]...
+[--memory-mib N] [--vcpus N] [--seccomp MODE] [--fs tag=TAG,socket=PATH]...
 
   --kernel PATH     bzImage or ELF vmlinux (64-bit boot protocol)
   --initrd PATH     initramfs
@@ -19,6 +19,8 @@ const USAGE: &str = "usage: bazaar-vmm --kernel PATH [--initrd PATH] [--cmdline 
                     i8042.nopnp i8042.dumbkbd (and one virtio_mmio.device= per device)
   --memory-mib N    guest RAM (default 256)
   --vcpus N         vCPUs, 1 to 32 (default 1)
+  --seccomp MODE    what a thread's seccomp filter does with a system call it does not
+                    allow: kill (the process, default), log (allow and log), none (no filter)
   --fs tag=TAG,socket=PATH
                     virtio-fs named TAG, served by the vhost-user backend (virtiofsd)
                     listening at PATH";
@@ -53,6 +55,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<MachineConfig, S
     let (mut kernel, mut initrd, mut cmdline) = (None, None, None);
     let (mut memory_mib, mut vcpus) = (256u64, 1u8);
     let mut devices = Vec::new();
+    let mut seccomp = bazaar_vmm::seccomp::Mode::default();
     while let Some(flag) = argv.next() {
         if flag == "--help" || flag == "-h" {
             return Err(String::new());
@@ -76,6 +79,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<MachineConfig, S
                     .filter(|&n| (1..=32).contains(&n))
                     .ok_or_else(|| format!("--vcpus {value}: expected 1 to 32"))?
             }
+            "--seccomp" => seccomp = value.parse().map_err(|e| format!("--seccomp: {e}"))?,
             "--fs" => {
                 let pairs = keyed(&flag, &value, &["tag", "socket"])?;
                 devices.push(DeviceConfig::Fs {
@@ -87,7 +91,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<MachineConfig, S
         }
     }
     let kernel = kernel.ok_or("--kernel is required")?;
-    Ok(MachineConfig { kernel, initrd, cmdline, memory_mib, vcpus, devices })
+    Ok(MachineConfig { kernel, initrd, cmdline, memory_mib, vcpus, devices, seccomp })
 }
 
 /// Guest console output: stdout, flushed on every write so prompts show at once.
@@ -150,6 +154,8 @@ mod tests {
             "512",
             "--vcpus",
             "2",
+            "--seccomp",
+            "log",
         ])
         .expect("valid");
         assert_eq!(a.kernel, PathBuf::from("k"));
@@ -157,6 +163,9 @@ mod tests {
         assert_eq!(a.cmdline.as_deref(), Some("quiet"));
         assert_eq!((a.memory_mib, a.vcpus), (512, 2));
         assert!(a.devices.is_empty());
+        assert_eq!(a.seccomp, bazaar_vmm::seccomp::Mode::Log);
+        let defaults = parse(&["--kernel", "k"]).expect("valid");
+        assert_eq!(defaults.seccomp, bazaar_vmm::seccomp::Mode::Kill);
     }
 
     #[test]
@@ -195,5 +204,6 @@ mod tests {
         assert!(parse(&["--kernel", "k", "--vcpus", "0"]).is_err());
         assert!(parse(&["--kernel", "k", "--memory-mib", "lots"]).is_err());
         assert!(parse(&["--kernel", "k", "--bogus", "1"]).is_err());
+        assert!(parse(&["--kernel", "k", "--seccomp", "off"]).is_err());
     }
 }

@@ -20,6 +20,9 @@ pub const CMDLINE_ADDR: u64 = 0x20000;
 pub const CMDLINE_MAX: usize = 4096;
 /// Start of the extended BIOS data area; RAM below it is usable by the guest.
 pub const EBDA_START: u64 = 0x9fc00;
+/// The MP table's floating pointer, with the configuration table after it: the start of the
+/// EBDA is one of the places Linux scans for the pointer, and it is outside e820 RAM.
+pub const MPTABLE_ADDR: u64 = EBDA_START;
 /// Start of high memory: where the kernel is loaded and the second e820 RAM range begins.
 pub const HIMEM_START: u64 = 0x10_0000;
 /// Highest address the kernel may find an initrd at, for kernels that do not say.

@@ -1,11 +1,12 @@
-//! Booting Linux: load the kernel and initrd, write the zero page and boot tables, and set up
-//! each vCPU (CPUID, MSRs, registers, LAPIC). The 64-bit boot protocol is used for both
-//! bzImage and ELF kernels; PVH entry is recorded but not used yet.
+//! Booting Linux: load the kernel and initrd, write the zero page, boot tables and MP table,
+//! and set up each vCPU (CPUID, MSRs, LAPIC, and registers on the boot vCPU). The 64-bit boot
+//! protocol is used for both bzImage and ELF kernels; PVH entry is recorded but not used yet.
 
 pub mod cpuid;
 pub mod gdt;
 pub mod kernel;
 pub mod layout;
+pub mod mptable;
 pub mod params;
 pub mod regs;
 
@@ -76,26 +77,36 @@ pub enum Error {
     /// KVM_GET/SET_LAPIC failed.
     #[error("cannot set up the local APIC: {0}")]
     Lapic(#[source] kvm_ioctls::Error),
+    /// The MP table cannot describe this many vCPUs.
+    #[error("cannot describe {count} vCPUs in the MP table: 1 to {max} are supported")]
+    VcpuCount { count: u8, max: u8 },
+    /// A secondary vCPU without an in-kernel irqchip: nothing could ever start it.
+    #[error("vCPU {0} needs the in-kernel irqchip: without it no INIT/SIPI can start it")]
+    SecondaryWithoutIrqchip(u8),
 }
 
-/// Loads kernel and initrd, writes the command line, zero page and boot tables. Returns where
-/// the vCPUs start.
+/// Loads kernel and initrd, writes the command line, zero page, boot tables and the MP table
+/// for `vcpu_count` vCPUs. Returns where the boot vCPU starts.
 pub fn load_linux(
     mem: &GuestMemory,
     kernel_path: &Path,
     initrd_path: Option<&Path>,
     cmdline: &Cmdline,
+    vcpu_count: u8,
 ) -> Result<LoadedKernel, Error> {
     let kernel = kernel::load_kernel(mem, kernel_path)?;
     let initrd = initrd_path.map(|p| kernel::load_initrd(mem, p, &kernel)).transpose()?;
     params::write_zero_page(mem, &kernel, cmdline, initrd)?;
     regs::write_boot_tables(mem)?;
+    mptable::write(mem, vcpu_count)?;
     Ok(kernel)
 }
 
-/// Sets up vCPU `id` of `count` to enter the kernel at `entry` in long mode. Every vCPU starts
-/// at the entry here; with an irqchip, secondary vCPUs would instead wait for INIT-SIPI (see
-/// the crate README: multi-vCPU Linux boot needs the MP table first).
+/// Sets up vCPU `id` of `count`: CPUID (its APIC id and the topology), MSRs and, with the
+/// in-kernel irqchip, the LAPIC's LINT pins. Only vCPU 0, the bootstrap processor, gets the
+/// long-mode registers to enter the kernel at `entry`: with the irqchip, KVM keeps the others
+/// waiting for the INIT-SIPI-SIPI the kernel sends when it brings them up (whatever registers
+/// were set, INIT resets them). Without an irqchip nothing can start them, so that is an error.
 pub fn setup_vcpu(
     kvm: &Kvm,
     vcpu: &VcpuFd,
@@ -104,11 +115,16 @@ pub fn setup_vcpu(
     entry: u64,
     irqchip: bool,
 ) -> Result<(), Error> {
+    if id != 0 && !irqchip {
+        return Err(Error::SecondaryWithoutIrqchip(id));
+    }
     cpuid::setup(kvm, vcpu, id, count)?;
     regs::setup_msrs(kvm, vcpu)?;
-    regs::setup_long_mode(vcpu, entry)?;
     if irqchip {
         regs::setup_lint(vcpu)?;
+    }
+    if id == 0 {
+        regs::setup_long_mode(vcpu, entry)?;
     }
     Ok(())
 }

@@ -18,7 +18,7 @@ const KERNEL_MIN_ALIGNMENT: u32 = 0x100_0000;
 const E820_RAM: u32 = 1;
 
 /// The e820 map for `mem`: low RAM up to the EBDA, then RAM from 1 MiB, then any region above
-/// the MMIO hole.
+/// the MMIO hole. The EBDA (where the MP table is) and the legacy area above it stay out.
 pub fn e820_map(mem: &GuestMemory) -> Vec<boot_e820_entry> {
     let mut map = Vec::new();
     for region in mem.iter() {
