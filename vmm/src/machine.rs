@@ -84,6 +84,7 @@ pub fn run<W: Write + Send + 'static>(
     legacy::attach(&vm, FirstOutput::new(console, started))?;
     let mut cmdline = Cmdline::new(boot::layout::CMDLINE_MAX)?;
     cmdline.insert_str(BASE_CMDLINE)?;
+    seccomp::set_device_mode(config.seccomp);
     let mut placement = MmioDevices::new();
     for device in config.devices {
         match device {

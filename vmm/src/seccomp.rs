@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use seccompiler::{
     BackendError, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
@@ -88,6 +89,34 @@ pub enum Error {
     /// A mode name other than kill, log or none.
     #[error("unknown seccomp mode {0:?}: expected kill, log or none")]
     UnknownMode(String),
+}
+
+/// The mode device worker threads use, as `Mode as u8 + 1`; 0 = never set (no filter).
+static DEVICE_MODE: AtomicU8 = AtomicU8::new(0);
+
+/// Sets the mode of [`apply_device_filter`] for the whole process. The VMM sets it before it
+/// builds devices; device models are library code that does not know the process's policy, so
+/// they read it from here rather than from every constructor. Unset (unit tests of a device
+/// model), device threads run unfiltered.
+pub fn set_device_mode(mode: Mode) {
+    let value = match mode {
+        Mode::Kill => 1,
+        Mode::Log => 2,
+        Mode::None => 3,
+    };
+    DEVICE_MODE.store(value, Ordering::SeqCst);
+}
+
+/// Installs the [`ThreadKind::Device`] filter on the calling device worker thread, in the mode
+/// [`set_device_mode`] chose (nothing if it was never called). Called first thing by each
+/// worker thread.
+pub fn apply_device_filter() -> Result<(), Error> {
+    let mode = match DEVICE_MODE.load(Ordering::SeqCst) {
+        1 => Mode::Kill,
+        2 => Mode::Log,
+        _ => return Ok(()),
+    };
+    apply(ThreadKind::Device, mode)
 }
 
 /// Installs `kind`'s filter on the calling thread (nothing in [`Mode::None`]). Threads this

@@ -290,6 +290,12 @@ fn relay_loop(
     calls: Vec<EventFd>,
     commands: mpsc::Receiver<RelayCommand>,
 ) {
+    if let Err(e) = crate::seccomp::apply_device_filter() {
+        // Without its filter the thread must not serve a guest: it says why and stops, and the
+        // guest's file system requests go unanswered rather than served unconfined.
+        eprintln!("bazaar-vmm: virtio-fs relay stops: {e}");
+        return;
+    }
     let mut interrupt: Option<VirtioInterrupt> = None;
     let mut events = [EpollEvent::default(); NUM_QUEUES + 1];
     loop {
