@@ -45,7 +45,10 @@ pub fn elf(code: &[u8]) -> Vec<u8> {
     file.extend_from_slice(&EHDR_SIZE.to_le_bytes()); // e_ehsize
     file.extend_from_slice(&PHDR_SIZE.to_le_bytes()); // e_phentsize
     file.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
-    file.extend_from_slice(&[0; 6]); // e_shentsize, e_shnum, e_shstrndx
+
+    // e_shentsize, e_shnum, e_shstrndx: no section headers.
+    file.extend_from_slice(&[0; 6]);
+
     // The program header: PT_LOAD, read + execute.
     file.extend_from_slice(&1u32.to_le_bytes()); // p_type
     file.extend_from_slice(&5u32.to_le_bytes()); // p_flags
