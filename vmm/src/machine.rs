@@ -14,6 +14,7 @@ use std::time::Instant;
 use linux_loader::cmdline::Cmdline;
 
 use crate::devices::virtio::fs::VhostUserFs;
+use crate::devices::virtio::vsock::Vsock;
 use crate::mmio_devices::MmioDevices;
 use crate::seccomp::{self, ThreadKind};
 use crate::vcpu::{self, Exit};
@@ -45,6 +46,8 @@ pub struct MachineConfig {
 pub enum DeviceConfig {
     /// virtio-fs named `tag`, served by the vhost-user backend listening at `socket`.
     Fs { tag: String, socket: PathBuf },
+    /// virtio-vsock with context id `cid`, whose host side is the hybrid-vsock socket `socket`.
+    Vsock { cid: u64, socket: PathBuf },
 }
 
 /// Errors building or running the VM.
@@ -62,6 +65,8 @@ pub enum Error {
     Placement(#[from] crate::mmio_devices::Error),
     #[error("virtio-fs: {0}")]
     Fs(#[from] crate::devices::virtio::fs::Error),
+    #[error("virtio-vsock: {0}")]
+    Vsock(#[from] crate::devices::virtio::vsock::Error),
     #[error("bad kernel command line: {0}")]
     Cmdline(#[from] linux_loader::cmdline::Error),
     #[error("cannot start a vCPU thread: {0}")]
@@ -90,6 +95,9 @@ pub fn run<W: Write + Send + 'static>(
         match device {
             DeviceConfig::Fs { tag, socket } => {
                 placement.attach(&vm, &mut cmdline, VhostUserFs::new(&tag, &socket)?)?;
+            }
+            DeviceConfig::Vsock { cid, socket } => {
+                placement.attach(&vm, &mut cmdline, Vsock::new(cid, socket)?)?;
             }
         }
     }

@@ -10,7 +10,8 @@ use std::time::Instant;
 use bazaar_vmm::machine::{self, DeviceConfig, MachineConfig};
 
 const USAGE: &str = "usage: bazaar-vmm --kernel PATH [--initrd PATH] [--cmdline STR] \
-[--memory-mib N] [--vcpus N] [--seccomp MODE] [--fs tag=TAG,socket=PATH]...
+[--memory-mib N] [--vcpus N] [--seccomp MODE] [--vsock cid=N,socket=PATH] \
+[--fs tag=TAG,socket=PATH]...
 
   --kernel PATH     bzImage or ELF vmlinux (64-bit boot protocol)
   --initrd PATH     initramfs
@@ -21,6 +22,10 @@ const USAGE: &str = "usage: bazaar-vmm --kernel PATH [--initrd PATH] [--cmdline 
   --vcpus N         vCPUs, 1 to 32 (default 1)
   --seccomp MODE    what a thread's seccomp filter does with a system call it does not
                     allow: kill (the process, default), log (allow and log), none (no filter)
+  --vsock cid=N,socket=PATH
+                    virtio-vsock with guest context id N (3 or more); host programs reach
+                    guest port P by connecting to the Unix socket PATH and writing
+                    \"CONNECT P\\n\"; guest connections to host port P go to PATH_P
   --fs tag=TAG,socket=PATH
                     virtio-fs named TAG, served by the vhost-user backend (virtiofsd)
                     listening at PATH";
@@ -80,6 +85,16 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<MachineConfig, S
                     .ok_or_else(|| format!("--vcpus {value}: expected 1 to 32"))?
             }
             "--seccomp" => seccomp = value.parse().map_err(|e| format!("--seccomp: {e}"))?,
+            "--vsock" => {
+                let pairs = keyed(&flag, &value, &["cid", "socket"])?;
+                let cid = required(&flag, &pairs, "cid")?;
+                devices.push(DeviceConfig::Vsock {
+                    cid: cid
+                        .parse()
+                        .map_err(|_| format!("--vsock: cid {cid:?} is not a number"))?,
+                    socket: PathBuf::from(required(&flag, &pairs, "socket")?),
+                });
+            }
             "--fs" => {
                 let pairs = keyed(&flag, &value, &["tag", "socket"])?;
                 devices.push(DeviceConfig::Fs {
@@ -170,9 +185,18 @@ mod tests {
 
     #[test]
     fn parses_devices() {
-        let a = parse(&["--kernel", "k", "--fs", "tag=rootfs,socket=/run/fs.sock"]).expect("valid");
+        let a = parse(&[
+            "--kernel",
+            "k",
+            "--fs",
+            "tag=rootfs,socket=/run/fs.sock",
+            "--vsock",
+            "cid=3,socket=/run/v.sock",
+        ])
+        .expect("valid");
         match a.devices.as_slice() {
-            [DeviceConfig::Fs { tag, socket }] => {
+            [DeviceConfig::Fs { tag, socket }, DeviceConfig::Vsock { cid: 3, socket: vsock }] => {
+                assert_eq!(vsock.as_path(), std::path::Path::new("/run/v.sock"));
                 assert_eq!(
                     (tag.as_str(), socket.as_path()),
                     ("rootfs", std::path::Path::new("/run/fs.sock"))
@@ -194,6 +218,10 @@ mod tests {
         ] {
             let err = parse(&["--kernel", "k", "--fs", bad]).expect_err(bad);
             assert!(err.starts_with("--fs"), "{bad}: {err}");
+        }
+        for bad in ["cid=three,socket=/s", "socket=/s", "cid=3"] {
+            let err = parse(&["--kernel", "k", "--vsock", bad]).expect_err(bad);
+            assert!(err.starts_with("--vsock"), "{bad}: {err}");
         }
     }
 

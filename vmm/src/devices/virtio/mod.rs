@@ -1,8 +1,10 @@
 //! virtio devices: the [`VirtioDevice`] contract a device model implements, the interrupt it
-//! raises, and the virtio-mmio transport that exposes a device to the guest.
+//! raises, the virtio-mmio transport that exposes a device to the guest, and the device models
+//! ([`vsock`]).
 
 pub mod fs;
 pub mod mmio;
+pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
