@@ -3,6 +3,7 @@
 //! (net over a tap, block over a file). Each device model processes its queues on its own
 //! worker thread (see `worker`), woken through per-queue eventfds.
 
+pub mod block;
 mod chain;
 pub mod mmio;
 #[cfg(test)]
