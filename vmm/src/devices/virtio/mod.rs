@@ -6,6 +6,7 @@
 pub mod block;
 mod chain;
 pub mod mmio;
+pub mod net;
 #[cfg(test)]
 mod test_utils;
 mod used;
