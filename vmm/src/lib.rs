@@ -5,7 +5,8 @@
 //! - [`vm`]: the KVM VM (memory slots, in-kernel irqchip, PIT);
 //! - [`bus`]: address ranges mapped to device models, one bus for port I/O and one for MMIO;
 //! - [`vcpu`]: a vCPU's run loop, which dispatches I/O exits to the buses;
-//! - [`devices`]: the device models (8250 serial, i8042, virtio-mmio transport, virtio-vsock);
+//! - [`devices`]: the device models (8250 serial, i8042, virtio-mmio transport, virtio-vsock,
+//!   virtio-fs through vhost-user, virtio-net over a tap, virtio-blk over a file);
 //! - [`boot`]: loading a Linux kernel and putting a vCPU in the state its entry point expects;
 //! - [`exit`]: how a device asks the VM to stop (reset, power-off);
 //! - [`legacy`]: wiring COM1 and the i8042 into a VM;

@@ -6,6 +6,7 @@
 //! runtime's backend logs these per sandbox.
 
 use std::io::Write;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::thread;
@@ -13,7 +14,9 @@ use std::time::Instant;
 
 use linux_loader::cmdline::Cmdline;
 
+use crate::devices::virtio::block::Block;
 use crate::devices::virtio::fs::VhostUserFs;
+use crate::devices::virtio::net::Net;
 use crate::devices::virtio::vsock::Vsock;
 use crate::mmio_devices::MmioDevices;
 use crate::seccomp::{self, ThreadKind};
@@ -48,6 +51,11 @@ pub enum DeviceConfig {
     Fs { tag: String, socket: PathBuf },
     /// virtio-vsock with context id `cid`, whose host side is the hybrid-vsock socket `socket`.
     Vsock { cid: u64, socket: PathBuf },
+    /// virtio-net on the tap open as descriptor `tap_fd`, inherited from the VMM's parent
+    /// (`run` takes ownership of it), with the guest MAC `mac`.
+    Net { tap_fd: RawFd, mac: [u8; 6] },
+    /// virtio-blk on the file at `path`.
+    Disk { path: PathBuf, read_only: bool },
 }
 
 /// Errors building or running the VM.
@@ -67,6 +75,18 @@ pub enum Error {
     Fs(#[from] crate::devices::virtio::fs::Error),
     #[error("virtio-vsock: {0}")]
     Vsock(#[from] crate::devices::virtio::vsock::Error),
+    #[error("virtio-net: {0}")]
+    Net(#[from] crate::devices::virtio::net::Error),
+    #[error("virtio-blk: {0}")]
+    Block(#[from] crate::devices::virtio::block::Error),
+    #[error("cannot open the disk {path}: {source}")]
+    Disk {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("descriptor {fd} is not one the VMM can take: {why}")]
+    InheritedFd { fd: RawFd, why: String },
     #[error("bad kernel command line: {0}")]
     Cmdline(#[from] linux_loader::cmdline::Error),
     #[error("cannot start a vCPU thread: {0}")]
@@ -91,6 +111,7 @@ pub fn run<W: Write + Send + 'static>(
     cmdline.insert_str(BASE_CMDLINE)?;
     seccomp::set_device_mode(config.seccomp);
     let mut placement = MmioDevices::new();
+    let mut taken_fds = Vec::new();
     for device in config.devices {
         match device {
             DeviceConfig::Fs { tag, socket } => {
@@ -98,6 +119,18 @@ pub fn run<W: Write + Send + 'static>(
             }
             DeviceConfig::Vsock { cid, socket } => {
                 placement.attach(&vm, &mut cmdline, Vsock::new(cid, socket)?)?;
+            }
+            DeviceConfig::Net { tap_fd, mac } => {
+                let tap = inherited_fd(tap_fd, &mut taken_fds)?;
+                placement.attach(&vm, &mut cmdline, Net::new(tap, mac)?)?;
+            }
+            DeviceConfig::Disk { path, read_only } => {
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(!read_only)
+                    .open(&path)
+                    .map_err(|source| Error::Disk { path: path.clone(), source })?;
+                placement.attach(&vm, &mut cmdline, Block::new(file, read_only)?)?;
             }
         }
     }
@@ -144,6 +177,26 @@ pub fn run<W: Write + Send + 'static>(
     seccomp::apply(ThreadKind::Vmm, config.seccomp)?;
     // The first vCPU to stop decides; the others end with the process.
     rx.recv().map_err(|_| Error::NoVcpuResult)?
+}
+
+/// Takes ownership of descriptor `fd`, which the VMM's parent left open for it (a tap).
+/// Refuses the standard streams, a descriptor that is not open, and one taken already.
+fn inherited_fd(fd: RawFd, taken: &mut Vec<RawFd>) -> Result<OwnedFd, Error> {
+    let refuse = |why: &str| Error::InheritedFd { fd, why: why.to_string() };
+    if fd <= 2 {
+        return Err(refuse("it is a standard stream"));
+    }
+    if taken.contains(&fd) {
+        return Err(refuse("it is named twice"));
+    }
+    // SAFETY: F_GETFD only reads the flags of a descriptor number; it touches no memory.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(refuse("it is not open"));
+    }
+    taken.push(fd);
+    // SAFETY: the descriptor is open, above the standard streams, named once on the command
+    // line, and nothing else in this process knows it: the parent opened it for this device.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// One line of the boot timeline on stderr.

@@ -11,7 +11,7 @@ use bazaar_vmm::machine::{self, DeviceConfig, MachineConfig};
 
 const USAGE: &str = "usage: bazaar-vmm --kernel PATH [--initrd PATH] [--cmdline STR] \
 [--memory-mib N] [--vcpus N] [--seccomp MODE] [--vsock cid=N,socket=PATH] \
-[--fs tag=TAG,socket=PATH]...
+[--fs tag=TAG,socket=PATH]... [--net fd=N,mac=MAC]... [--disk path=PATH[,readonly=on]]...
 
   --kernel PATH     bzImage or ELF vmlinux (64-bit boot protocol)
   --initrd PATH     initramfs
@@ -28,7 +28,23 @@ const USAGE: &str = "usage: bazaar-vmm --kernel PATH [--initrd PATH] [--cmdline 
                     \"CONNECT P\\n\"; guest connections to host port P go to PATH_P
   --fs tag=TAG,socket=PATH
                     virtio-fs named TAG, served by the vhost-user backend (virtiofsd)
-                    listening at PATH";
+                    listening at PATH
+  --net fd=N,mac=MAC
+                    virtio-net on the tap the VMM inherits open as descriptor N (opened
+                    with IFF_TAP, IFF_NO_PI and IFF_VNET_HDR), guest MAC aa:bb:cc:dd:ee:ff
+  --disk path=PATH[,readonly=on|off]
+                    virtio-blk on the file PATH";
+
+/// "aa:bb:cc:dd:ee:ff" as six bytes.
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut octets = text.split(':');
+    for byte in &mut mac {
+        let octet = octets.next().filter(|o| o.len() == 2)?;
+        *byte = u8::from_str_radix(octet, 16).ok()?;
+    }
+    octets.next().is_none().then_some(mac)
+}
 
 /// `key=value,key=value` of a device flag, every key known and none repeated.
 fn keyed<'a>(
@@ -93,6 +109,30 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<MachineConfig, S
                         .parse()
                         .map_err(|_| format!("--vsock: cid {cid:?} is not a number"))?,
                     socket: PathBuf::from(required(&flag, &pairs, "socket")?),
+                });
+            }
+            "--net" => {
+                let pairs = keyed(&flag, &value, &["fd", "mac"])?;
+                let fd = required(&flag, &pairs, "fd")?;
+                let mac = required(&flag, &pairs, "mac")?;
+                devices.push(DeviceConfig::Net {
+                    tap_fd: fd.parse().map_err(|_| format!("--net: fd {fd:?} is not a number"))?,
+                    mac: parse_mac(mac)
+                        .ok_or_else(|| format!("--net: mac {mac:?} is not aa:bb:cc:dd:ee:ff"))?,
+                });
+            }
+            "--disk" => {
+                let pairs = keyed(&flag, &value, &["path", "readonly"])?;
+                let read_only = match pairs.get("readonly").copied() {
+                    None | Some("off") => false,
+                    Some("on") => true,
+                    Some(other) => {
+                        return Err(format!("--disk: readonly={other}: expected on or off"))
+                    }
+                };
+                devices.push(DeviceConfig::Disk {
+                    path: PathBuf::from(required(&flag, &pairs, "path")?),
+                    read_only,
                 });
             }
             "--fs" => {
@@ -192,10 +232,22 @@ mod tests {
             "tag=rootfs,socket=/run/fs.sock",
             "--vsock",
             "cid=3,socket=/run/v.sock",
+            "--net",
+            "fd=5,mac=02:00:0a:0b:0c:ff",
+            "--disk",
+            "path=/d.img,readonly=on",
         ])
         .expect("valid");
+        assert!(matches!(
+            a.devices[2],
+            DeviceConfig::Net { tap_fd: 5, mac: [0x02, 0, 0x0a, 0x0b, 0x0c, 0xff] }
+        ));
+        assert!(
+            matches!(&a.devices[3], DeviceConfig::Disk { path, read_only: true } if path.as_os_str() == "/d.img")
+        );
         match a.devices.as_slice() {
-            [DeviceConfig::Fs { tag, socket }, DeviceConfig::Vsock { cid: 3, socket: vsock }] => {
+            [DeviceConfig::Fs { tag, socket }, DeviceConfig::Vsock { cid: 3, socket: vsock }, ..] =>
+            {
                 assert_eq!(vsock.as_path(), std::path::Path::new("/run/v.sock"));
                 assert_eq!(
                     (tag.as_str(), socket.as_path()),
@@ -218,6 +270,17 @@ mod tests {
         ] {
             let err = parse(&["--kernel", "k", "--fs", bad]).expect_err(bad);
             assert!(err.starts_with("--fs"), "{bad}: {err}");
+        }
+        for (flag, bad) in [
+            ("--net", "fd=x,mac=02:00:00:00:00:01"),
+            ("--net", "fd=3,mac=02:00:00:00:00"),
+            ("--net", "fd=3,mac=02:00:00:00:00:01:02"),
+            ("--net", "fd=3,mac=zz:00:00:00:00:01"),
+            ("--disk", "path=/d,readonly=yes"),
+            ("--disk", "readonly=on"),
+        ] {
+            let err = parse(&["--kernel", "k", flag, bad]).expect_err(bad);
+            assert!(err.starts_with(flag), "{bad}: {err}");
         }
         for bad in ["cid=three,socket=/s", "socket=/s", "cid=3"] {
             let err = parse(&["--kernel", "k", "--vsock", bad]).expect_err(bad);

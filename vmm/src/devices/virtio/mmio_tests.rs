@@ -1,13 +1,13 @@
 //! Register-level tests of the virtio-mmio transport, driving it as a guest driver would,
 //! with queues in guest memory built here.
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
 
 use super::*;
-use crate::devices::virtio::{ActivateError, InterruptLine, VirtioDevice, VirtioInterrupt};
+use crate::devices::virtio::test_utils::CountingLine;
+use crate::devices::virtio::{ActivateError, VirtioDevice, VirtioInterrupt};
 
 const DUMMY_FEATURE: u64 = 1 << 5;
 
@@ -62,16 +62,6 @@ impl VirtioDevice for Dummy {
     fn reset(&mut self) {
         self.resets += 1;
         self.queues.clear();
-    }
-}
-
-#[derive(Default)]
-struct CountingLine(AtomicU32);
-
-impl InterruptLine for CountingLine {
-    fn raise(&self) -> std::io::Result<()> {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        Ok(())
     }
 }
 
@@ -226,7 +216,7 @@ fn driver_ok_with_a_missing_queue_needs_reset() {
     assert!(!t.is_activated());
     assert_ne!(r(&mut t, reg::STATUS) & status::DEVICE_NEEDS_RESET, 0);
     assert_eq!(r(&mut t, reg::INTERRUPT_STATUS), 0x2, "configuration-change interrupt");
-    assert_eq!(line.0.load(Ordering::SeqCst), 1);
+    assert_eq!(line.count(), 1);
 }
 
 #[test]
@@ -239,7 +229,7 @@ fn interrupts_set_status_raise_the_line_and_are_acked() {
     let irq = t.device().interrupt.clone().expect("activated");
     irq.signal_used_queue().expect("raise");
     assert_eq!(r(&mut t, reg::INTERRUPT_STATUS), 0x1);
-    assert_eq!(line.0.load(Ordering::SeqCst), 1);
+    assert_eq!(line.count(), 1);
     irq.signal_config_change().expect("raise");
     assert_eq!(r(&mut t, reg::INTERRUPT_STATUS), 0x3);
     w(&mut t, reg::INTERRUPT_ACK, 0x1);

@@ -1,10 +1,21 @@
 //! virtio devices: the [`VirtioDevice`] contract a device model implements, the interrupt it
 //! raises, the virtio-mmio transport that exposes a device to the guest, and the device models
-//! ([`vsock`]).
+//! (vsock, fs through a vhost-user backend, net over a tap, block over a file). Each device
+//! model processes its queues on its own thread, woken through per-queue eventfds.
 
+pub mod block;
+mod chain;
 pub mod fs;
 pub mod mmio;
+pub mod net;
+#[cfg(test)]
+mod test_utils;
+mod used;
 pub mod vsock;
+mod worker;
+mod worker_device;
+
+pub use worker_device::WorkerDevice;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -102,4 +113,16 @@ pub trait VirtioDevice: Send {
     fn queue_events(&self) -> &[vmm_sys_util::eventfd::EventFd] {
         &[]
     }
+}
+
+/// Serves a read of a device's read-only configuration space `config` at `offset`: the bytes
+/// that exist, zeros past the end (a driver probing beyond the layout gets no garbage).
+pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Some(start) = usize::try_from(offset).ok().filter(|&start| start < config.len()) else {
+        return;
+    };
+    let available = &config[start..];
+    let count = available.len().min(data.len());
+    data[..count].copy_from_slice(&available[..count]);
 }
