@@ -242,6 +242,10 @@ fn vmm_rules() -> Vec<Rule> {
         // Waiting on the exit eventfd together with other sources.
         allow(libc::SYS_epoll_wait),
         allow(libc::SYS_epoll_pwait),
+        // Tearing the VM down once it stopped: the vsock device removes its listening socket
+        // file, so a standalone run leaves nothing behind.
+        allow(libc::SYS_unlink),
+        allow(libc::SYS_unlinkat),
     ]
 }
 
