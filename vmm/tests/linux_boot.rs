@@ -1,6 +1,7 @@
 //! Boots the guest kernel `make guest-image` builds with the `bazaar-vmm` binary and expects
 //! the kernel to reach its init. Runs only where the host's KVM can run Linux (hardware
-//! virtualization: vmx or svm in /proc/cpuinfo); skipped, loudly, elsewhere.
+//! virtualization: vmx or svm in /proc/cpuinfo); skipped, loudly, elsewhere. The agent's
+//! health check over vsock through the built-in backend is `runtime/tests/builtin_linux_boot.rs`.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -11,30 +12,13 @@ use std::time::Duration;
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn skip_reason() -> Option<String> {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let hw_virt = cpuinfo
-        .lines()
-        .filter(|l| l.starts_with("flags"))
-        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
-    if !hw_virt {
-        return Some(
-            "this host's KVM cannot run a Linux guest (no vmx/svm in /proc/cpuinfo)".into(),
-        );
-    }
-    if std::fs::metadata("/dev/kvm").is_err() {
-        return Some("/dev/kvm is absent".into());
-    }
-    None
-}
-
 fn guest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../build/guest")
 }
 
 #[test]
 fn bzimage_boots_to_init() {
-    if let Some(reason) = skip_reason() {
+    if let Some(reason) = bazaar_tests::kernel::kvm_cannot_run_linux() {
         bazaar_tests::skip::skip("vmm linux_boot::bzimage_boots_to_init", &reason);
         return;
     }
