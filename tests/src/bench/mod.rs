@@ -11,3 +11,4 @@ pub mod procmem;
 pub mod shimlog;
 pub mod stats;
 pub mod timed;
+pub mod vmm;
