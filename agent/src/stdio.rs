@@ -35,8 +35,8 @@ pub struct ProcessIo {
 
 /// The agent's side of stdio while the process is being created.
 pub enum PendingIo {
-    /// Pipes: complete already.
-    Ready(ProcessIo),
+    /// Pipes: complete already (boxed: far larger than the terminal variant).
+    Ready(Box<ProcessIo>),
     /// A terminal: complete once the process sent its pty master.
     Terminal { stdin: bool },
 }
@@ -45,7 +45,7 @@ impl PendingIo {
     /// Completes the stdio with the terminal master the process sent (`None` for pipes).
     pub fn finish(self, console: Option<OwnedFd>) -> anyhow::Result<ProcessIo> {
         match (self, console) {
-            (PendingIo::Ready(io), None) => Ok(io),
+            (PendingIo::Ready(io), None) => Ok(*io),
             (PendingIo::Terminal { stdin }, Some(master)) => {
                 ProcessIo::from_terminal(master, stdin)
             }
@@ -96,7 +96,7 @@ impl ProcessIo {
             pty: None,
         };
         let child = ChildStdio { stdin: stdin_child, stdout: stdout_child, stderr: stderr_child };
-        Ok((PendingIo::Ready(io), child))
+        Ok((PendingIo::Ready(Box::new(io)), child))
     }
 
     /// The agent's side of a terminal whose master the container process sent.

@@ -252,6 +252,42 @@ impl ChildHandle {
     }
 }
 
+pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+pub fn remove_files(paths: &[PathBuf], logger: &Logger) {
+    for path in paths {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => {
+                warn!(logger, "removing a socket"; "path" => %path.display(), "error" => %err)
+            }
+        }
+    }
+}
+
+/// The command line as one string for the log (shell quoting where needed).
+pub fn command_line(program: &Path, args: &[OsString]) -> String {
+    let quote = |s: &str| {
+        if !s.is_empty()
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_=,./:+@".contains(&b))
+        {
+            s.to_string()
+        } else {
+            format!("'{}'", s.replace('\'', r"'\''"))
+        }
+    };
+    std::iter::once(program.as_os_str())
+        .chain(args.iter().map(OsString::as_os_str))
+        .map(|a| quote(&a.to_string_lossy()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,40 +355,4 @@ mod tests {
         assert_eq!(status.unwrap().signal, Some(libc::SIGKILL));
         assert!(crate::records::process_start_time(record.pid).unwrap_or(0) != record.start_time);
     }
-}
-
-pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_os_string();
-    name.push(suffix);
-    PathBuf::from(name)
-}
-
-pub fn remove_files(paths: &[PathBuf], logger: &Logger) {
-    for path in paths {
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => {
-                warn!(logger, "removing a socket"; "path" => %path.display(), "error" => %err)
-            }
-        }
-    }
-}
-
-/// The command line as one string for the log (shell quoting where needed).
-pub fn command_line(program: &Path, args: &[OsString]) -> String {
-    let quote = |s: &str| {
-        if !s.is_empty()
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_=,./:+@".contains(&b))
-        {
-            s.to_string()
-        } else {
-            format!("'{}'", s.replace('\'', r"'\''"))
-        }
-    };
-    std::iter::once(program.as_os_str())
-        .chain(args.iter().map(OsString::as_os_str))
-        .map(|a| quote(&a.to_string_lossy()))
-        .collect::<Vec<_>>()
-        .join(" ")
 }

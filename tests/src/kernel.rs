@@ -39,6 +39,27 @@ fn release_from_bytes(data: &[u8]) -> Result<String> {
     Ok(release)
 }
 
+/// Why this host's KVM cannot run a Linux guest, or `None` when it can: hardware
+/// virtualization (vmx or svm in /proc/cpuinfo) and /dev/kvm. Our build machines' KVM is nested
+/// and emulation-based, without either flag: Linux crawls there and dies with an emulation
+/// failure.
+pub fn kvm_cannot_run_linux() -> Option<String> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let hw_virt = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    if !hw_virt {
+        return Some(
+            "this host's KVM cannot run a Linux guest (no vmx/svm in /proc/cpuinfo)".into(),
+        );
+    }
+    if std::fs::metadata("/dev/kvm").is_err() {
+        return Some("/dev/kvm is absent".into());
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,25 +83,4 @@ mod tests {
     fn host_release_is_known() {
         assert!(!host_release().unwrap().is_empty());
     }
-}
-
-/// Why this host's KVM cannot run a Linux guest, or `None` when it can: hardware
-/// virtualization (vmx or svm in /proc/cpuinfo) and /dev/kvm. Our build machines' KVM is nested
-/// and emulation-based, without either flag: Linux crawls there and dies with an emulation
-/// failure.
-pub fn kvm_cannot_run_linux() -> Option<String> {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let hw_virt = cpuinfo
-        .lines()
-        .filter(|l| l.starts_with("flags"))
-        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
-    if !hw_virt {
-        return Some(
-            "this host's KVM cannot run a Linux guest (no vmx/svm in /proc/cpuinfo)".into(),
-        );
-    }
-    if std::fs::metadata("/dev/kvm").is_err() {
-        return Some("/dev/kvm is absent".into());
-    }
-    None
 }
