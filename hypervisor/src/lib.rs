@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 
 pub mod builtin;
 pub mod console;
+mod device_args;
 pub mod hybrid_vsock;
+mod lifecycle;
 pub mod probe;
 mod process;
 pub mod qemu;

@@ -16,19 +16,7 @@ pub const GUEST_CID: u32 = 3;
 /// resets through the i8042 and so ends the VMM.
 pub const KERNEL_PARAMS: &str = "rdinit=/init";
 
-/// A virtio-fs share served by virtiofsd at `socket`.
-#[derive(Debug, Clone, Copy)]
-pub struct SharedFsArg<'a> {
-    pub tag: &'a str,
-    pub socket: &'a Path,
-}
-
-/// A virtio-net device on the tap the VMM inherits as descriptor `tap_fd`.
-#[derive(Debug, Clone, Copy)]
-pub struct NetworkArg<'a> {
-    pub tap_fd: i32,
-    pub mac: &'a str,
-}
+pub use crate::device_args::{NetworkArg, SharedFsArg};
 
 /// Everything `vmm_args` needs.
 #[derive(Debug, Clone, Copy)]

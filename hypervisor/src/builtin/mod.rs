@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use async_trait::async_trait;
-use nix::sys::signal::Signal;
 use slog::{info, warn, Logger};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use self::args::{NetworkArg, SharedFsArg, VmmArgs};
 use crate::console::{forward_console, ConsoleSink};
+use crate::lifecycle::{self, ExitCell};
 use crate::process::{
     self, command_line, remove_files, with_suffix, ChildHandle, FdMapping, Stdout,
 };
@@ -64,7 +64,7 @@ pub struct Builtin {
     networks: Vec<NetworkDevice>,
     console_sink: Option<ConsoleSink>,
     state: State,
-    exit: Arc<watch::Sender<Option<VmExit>>>,
+    exit: ExitCell,
 }
 
 enum State {
@@ -103,7 +103,6 @@ impl Builtin {
             );
         }
         let logger = logger.new(slog::o!("hypervisor" => "builtin"));
-        let (exit, _) = watch::channel(None);
         Ok(Builtin {
             config,
             paths,
@@ -112,7 +111,7 @@ impl Builtin {
             networks: Vec::new(),
             console_sink: None,
             state: State::Created,
-            exit: Arc::new(exit),
+            exit: ExitCell::new(),
         })
     }
 
@@ -236,36 +235,17 @@ impl Builtin {
     /// Spawns the task that notices the VMM's exit, ends virtiofsd, removes the sockets and
     /// then publishes how the VM ended.
     fn spawn_monitor(&self, children: Arc<Children>, stopping: Arc<AtomicBool>) -> JoinHandle<()> {
-        let exit = self.exit.clone();
+        let Some(vmm) = children.vmm.clone() else {
+            return tokio::spawn(async {});
+        };
         let logger = self.logger.clone();
-        tokio::spawn(async move {
-            let Some(vmm) = children.vmm.clone() else {
-                return;
-            };
-            let status = vmm.wait().await;
-            let vm_exit = if stopping.load(Ordering::SeqCst) {
-                VmExit::Stopped
-            } else {
-                warn!(logger, "VM exited by itself"; "status" => %status);
-                VmExit::Exited { code: status.code, signal: status.signal }
-            };
-            if let Err(err) = children.end_all(&logger).await {
-                warn!(logger, "ending virtiofsd after the VM exit"; "error" => format!("{err:#}"));
-            }
-            exit.send_replace(Some(vm_exit));
-        })
-    }
-
-    /// Marks the VM as ended for `wait` unless an exit was published already.
-    fn publish_stopped(&self) {
-        self.exit.send_if_modified(|exit| {
-            if exit.is_none() {
-                *exit = Some(VmExit::Stopped);
-                true
-            } else {
-                false
-            }
-        });
+        lifecycle::spawn_monitor(
+            vmm,
+            stopping,
+            self.exit.clone(),
+            self.logger.clone(),
+            move || async move { children.end_all(&logger).await },
+        )
     }
 }
 
@@ -323,7 +303,7 @@ impl Hypervisor for Builtin {
                 warn!(self.logger, "ending the processes of a failed start"; "error" => format!("{stop_err:#}"));
             }
             self.state = State::Stopped;
-            self.publish_stopped();
+            self.exit.publish(VmExit::Stopped);
             return Err(
                 err.context(format!("starting the VM of sandbox {}", self.config.sandbox_id))
             );
@@ -342,12 +322,7 @@ impl Hypervisor for Builtin {
     }
 
     async fn wait(&self) -> VmExit {
-        let mut exit = self.exit.subscribe();
-        let result = match exit.wait_for(Option::is_some).await {
-            Ok(value) => value.clone(),
-            Err(_) => None,
-        };
-        result.unwrap_or(VmExit::Stopped)
+        self.exit.wait().await
     }
 
     fn exit_receiver(&self) -> watch::Receiver<Option<VmExit>> {
@@ -357,7 +332,7 @@ impl Hypervisor for Builtin {
     async fn stop(&mut self) -> Result<()> {
         let running = match std::mem::replace(&mut self.state, State::Stopped) {
             State::Created | State::Stopped => {
-                self.publish_stopped();
+                self.exit.publish(VmExit::Stopped);
                 return Ok(());
             }
             State::Running(running) => running,
@@ -368,18 +343,13 @@ impl Hypervisor for Builtin {
         if tokio::time::timeout(MONITOR_WAIT, running.monitor).await.is_err() {
             warn!(self.logger, "the exit monitor did not finish");
         }
-        self.publish_stopped();
+        self.exit.publish(VmExit::Stopped);
         result.context("stopping the VM")
     }
 
     fn processes(&self) -> Vec<ProcessRecord> {
         match &self.state {
-            State::Running(running) => running
-                .children
-                .all()
-                .filter(|c| c.exited().is_none())
-                .map(ChildHandle::record)
-                .collect(),
+            State::Running(running) => lifecycle::live_records(running.children.all()),
             State::Created | State::Stopped => Vec::new(),
         }
     }
@@ -395,17 +365,11 @@ impl Hypervisor for Builtin {
 }
 
 impl Drop for Builtin {
-    /// Best effort when `stop` was not called: SIGKILL every child still running (through its
-    /// supervisor) and remove the sockets.
+    /// Best effort when `stop` was not called: see `lifecycle::kill_now`.
     fn drop(&mut self) {
         if let State::Running(running) = &self.state {
-            running.stopping.store(true, Ordering::SeqCst);
-            for child in running.children.all() {
-                if child.exited().is_none() {
-                    child.signal(Signal::SIGKILL);
-                }
-            }
-            remove_files(&running.children.sockets, &self.logger);
+            let children = &running.children;
+            lifecycle::kill_now(children.all(), &children.sockets, &running.stopping, &self.logger);
         }
     }
 }

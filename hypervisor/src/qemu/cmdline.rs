@@ -26,20 +26,7 @@ const MAX_TAG_LEN: usize = 36;
 /// virtiofsd worker threads; a sandbox's share sees little parallel I/O.
 const VIRTIOFSD_THREADS: u32 = 1;
 
-/// A virtio-fs share as QEMU sees it.
-#[derive(Debug, Clone, Copy)]
-pub struct SharedFsArg<'a> {
-    pub tag: &'a str,
-    /// virtiofsd's vhost-user socket.
-    pub socket: &'a Path,
-}
-
-/// A virtio-net device on a tap QEMU inherits as descriptor `tap_fd`.
-#[derive(Debug, Clone, Copy)]
-pub struct NetworkArg<'a> {
-    pub tap_fd: i32,
-    pub mac: &'a str,
-}
+pub use crate::device_args::{NetworkArg, SharedFsArg};
 
 /// Everything `qemu_args` needs.
 #[derive(Debug, Clone, Copy)]

@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use self::cmdline::{NetworkArg, QemuArgs, SharedFsArg};
 use self::qmp::Qmp;
 use crate::console::{forward_console, ConsoleSink};
+use crate::lifecycle::{self, ExitCell};
 use crate::probe::{self, AccelChoice};
 use crate::process::{
     self, command_line, remove_files, with_suffix, ChildHandle, FdMapping, Stdout,
@@ -82,7 +83,7 @@ pub struct Qemu {
     networks: Vec<NetworkDevice>,
     console_sink: Option<ConsoleSink>,
     state: State,
-    exit: Arc<watch::Sender<Option<VmExit>>>,
+    exit: ExitCell,
 }
 
 enum State {
@@ -122,7 +123,6 @@ impl Qemu {
         let logger = logger.new(slog::o!("hypervisor" => "qemu"));
         info!(logger, "acceleration chosen";
             "acceleration" => ?acceleration.acceleration, "reason" => &acceleration.reason);
-        let (exit, _) = watch::channel(None);
         Ok(Qemu {
             config,
             paths,
@@ -132,7 +132,7 @@ impl Qemu {
             networks: Vec::new(),
             console_sink: None,
             state: State::Created,
-            exit: Arc::new(exit),
+            exit: ExitCell::new(),
         })
     }
 
@@ -299,36 +299,17 @@ impl Qemu {
     /// Spawns the task that notices QEMU's exit, ends the helpers, removes the sockets and then
     /// publishes how the VM ended.
     fn spawn_monitor(&self, children: Arc<Children>, stopping: Arc<AtomicBool>) -> JoinHandle<()> {
-        let exit = self.exit.clone();
+        let Some(qemu) = children.qemu.clone() else {
+            return tokio::spawn(async {});
+        };
         let logger = self.logger.clone();
-        tokio::spawn(async move {
-            let Some(qemu) = children.qemu.clone() else {
-                return;
-            };
-            let status = qemu.wait().await;
-            let vm_exit = if stopping.load(Ordering::SeqCst) {
-                VmExit::Stopped
-            } else {
-                warn!(logger, "VM exited by itself"; "status" => %status);
-                VmExit::Exited { code: status.code, signal: status.signal }
-            };
-            if let Err(err) = children.end_all(&logger).await {
-                warn!(logger, "ending the helpers after the VM exit"; "error" => format!("{err:#}"));
-            }
-            exit.send_replace(Some(vm_exit));
-        })
-    }
-
-    /// Marks the VM as ended for `wait` unless an exit was published already.
-    fn publish_stopped(&self) {
-        self.exit.send_if_modified(|exit| {
-            if exit.is_none() {
-                *exit = Some(VmExit::Stopped);
-                true
-            } else {
-                false
-            }
-        });
+        lifecycle::spawn_monitor(
+            qemu,
+            stopping,
+            self.exit.clone(),
+            self.logger.clone(),
+            move || async move { children.end_all(&logger).await },
+        )
     }
 }
 
@@ -413,7 +394,7 @@ impl Hypervisor for Qemu {
                 warn!(self.logger, "ending the processes of a failed start"; "error" => format!("{stop_err:#}"));
             }
             self.state = State::Stopped;
-            self.publish_stopped();
+            self.exit.publish(VmExit::Stopped);
             return Err(
                 err.context(format!("starting the VM of sandbox {}", self.config.sandbox_id))
             );
@@ -432,19 +413,13 @@ impl Hypervisor for Qemu {
     }
 
     async fn wait(&self) -> VmExit {
-        let mut exit = self.exit.subscribe();
-        let result = match exit.wait_for(Option::is_some).await {
-            Ok(value) => value.clone(),
-            Err(_) => None,
-        };
-        // The sender lives as long as `self`, so the error arm is unreachable in practice.
-        result.unwrap_or(VmExit::Stopped)
+        self.exit.wait().await
     }
 
     async fn stop(&mut self) -> Result<()> {
         let running = match std::mem::replace(&mut self.state, State::Stopped) {
             State::Created | State::Stopped => {
-                self.publish_stopped();
+                self.exit.publish(VmExit::Stopped);
                 return Ok(());
             }
             State::Running(running) => running,
@@ -457,7 +432,7 @@ impl Hypervisor for Qemu {
         if tokio::time::timeout(MONITOR_WAIT, running.monitor).await.is_err() {
             warn!(self.logger, "the exit monitor did not finish");
         }
-        self.publish_stopped();
+        self.exit.publish(VmExit::Stopped);
         match &result {
             Ok(()) => info!(self.logger, "VM stopped"),
             Err(err) => warn!(self.logger, "stopping the VM"; "error" => format!("{err:#}")),
@@ -476,12 +451,7 @@ impl Hypervisor for Qemu {
 
     fn processes(&self) -> Vec<ProcessRecord> {
         match &self.state {
-            State::Running(running) => running
-                .children
-                .all()
-                .filter(|c| c.exited().is_none())
-                .map(ChildHandle::record)
-                .collect(),
+            State::Running(running) => lifecycle::live_records(running.children.all()),
             State::Created | State::Stopped => Vec::new(),
         }
     }
@@ -492,17 +462,11 @@ impl Hypervisor for Qemu {
 }
 
 impl Drop for Qemu {
-    /// Best effort when `stop` was not called: SIGKILL every child still running (through its
-    /// supervisor, so only our own unreaped children are hit) and remove the sockets.
+    /// Best effort when `stop` was not called: see `lifecycle::kill_now`.
     fn drop(&mut self) {
         if let State::Running(running) = &self.state {
-            running.stopping.store(true, Ordering::SeqCst);
-            for child in running.children.all() {
-                if child.exited().is_none() {
-                    child.signal(Signal::SIGKILL);
-                }
-            }
-            remove_files(&running.children.sockets, &self.logger);
+            let children = &running.children;
+            lifecycle::kill_now(children.all(), &children.sockets, &running.stopping, &self.logger);
         }
     }
 }

@@ -186,10 +186,7 @@ impl VirtioDevice for VhostUserFs {
         let mut config = [0u8; TAG_MAX + 4];
         config[..self.tag.len()].copy_from_slice(self.tag.as_bytes());
         config[TAG_MAX..].copy_from_slice(&1u32.to_le_bytes());
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        if let Some(src) = start.checked_add(data.len()).and_then(|end| config.get(start..end)) {
-            data.copy_from_slice(src);
-        }
+        super::read_config_bytes(&config, offset, data);
     }
 
     /// The config space is read-only for the driver.
