@@ -97,7 +97,8 @@ async fn guest_reset_ends_the_vm_with_status_0() {
         .expect("no console line")
         .expect("console closed");
     assert_eq!(line.trim_end(), "hello from a tiny guest");
-    assert_eq!(records.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["bazaar-vmm"]);
+    // The guest may have ended before `start` returned: then nothing is running any more.
+    assert!(records.iter().all(|r| r.name == "bazaar-vmm"), "{records:?}");
     assert_clean(&t.run_dir, &records);
     t.vm.stop().await.expect("stop after exit");
     assert_eq!(t.vm.wait().await, exit);
@@ -161,6 +162,13 @@ async fn bad_setups_are_refused_by_name() {
     };
     let err = Builtin::new(config.clone(), BuiltinPaths::default(), logger()).err().expect("tcg");
     assert!(err.to_string().contains("tcg"), "{err}");
+
+    // "auto" on a host whose KVM cannot run Linux is refused before anything starts.
+    if bazaar_tests::kernel::kvm_cannot_run_linux().is_some() {
+        let auto = VmConfig { acceleration: Acceleration::Auto, ..config.clone() };
+        let err = Builtin::new(auto, BuiltinPaths::default(), logger()).err().expect("auto");
+        assert!(err.to_string().contains("needs KVM that can run Linux"), "{err}");
+    }
 
     let missing = dir.path().join("no-vmm");
     let config = VmConfig { acceleration: Acceleration::Kvm, ..config };

@@ -93,6 +93,8 @@ pub enum Error {
     Thread(#[source] std::io::Error),
     #[error("every vCPU thread ended without a result")]
     NoVcpuResult,
+    #[error("vCPU {0} panicked")]
+    VcpuPanicked(u8),
     #[error("seccomp: {0}")]
     Seccomp(#[from] seccomp::Error),
 }
@@ -105,14 +107,40 @@ pub fn run<W: Write + Send + 'static>(
     console: W,
     started: Instant,
 ) -> Result<Exit, Error> {
+    // The parent's descriptors are taken before the VMM opens any of its own, so that a number
+    // the parent did not pass cannot name one of the VMM's.
+    let mut taken_fds = Vec::new();
+    let mut nets = Vec::new();
+    for device in &config.devices {
+        if let DeviceConfig::Net { tap_fd, mac } = device {
+            nets.push((inherited_fd(*tap_fd, &mut taken_fds)?, *mac));
+        }
+    }
+    // vsock last: its socket appearing is what tells the runtime the VM is up, so it must come
+    // after the other devices (the virtio-fs handshake) succeeded.
+    let (vsocks, others): (Vec<_>, Vec<_>) = config
+        .devices
+        .into_iter()
+        .filter(|d| !matches!(d, DeviceConfig::Net { .. }))
+        .partition(|d| matches!(d, DeviceConfig::Vsock { .. }));
+    let vsock_sockets: Vec<PathBuf> = vsocks
+        .iter()
+        .filter_map(|d| match d {
+            DeviceConfig::Vsock { socket, .. } => Some(socket.clone()),
+            _ => None,
+        })
+        .collect();
+
     let vm = Vm::new(&VmConfig { memory_mib: config.memory_mib, irqchip: true })?;
     legacy::attach(&vm, FirstOutput::new(console, started))?;
     let mut cmdline = Cmdline::new(boot::layout::CMDLINE_MAX)?;
     cmdline.insert_str(BASE_CMDLINE)?;
     seccomp::set_device_mode(config.seccomp);
     let mut placement = MmioDevices::new();
-    let mut taken_fds = Vec::new();
-    for device in config.devices {
+    for (tap, mac) in nets {
+        placement.attach(&vm, &mut cmdline, Net::new(tap, mac)?)?;
+    }
+    for device in others.into_iter().chain(vsocks) {
         match device {
             DeviceConfig::Fs { tag, socket } => {
                 placement.attach(&vm, &mut cmdline, VhostUserFs::new(&tag, &socket)?)?;
@@ -120,10 +148,8 @@ pub fn run<W: Write + Send + 'static>(
             DeviceConfig::Vsock { cid, socket } => {
                 placement.attach(&vm, &mut cmdline, Vsock::new(cid, socket)?)?;
             }
-            DeviceConfig::Net { tap_fd, mac } => {
-                let tap = inherited_fd(tap_fd, &mut taken_fds)?;
-                placement.attach(&vm, &mut cmdline, Net::new(tap, mac)?)?;
-            }
+            // Taken above, before the VMM opened descriptors of its own.
+            DeviceConfig::Net { .. } => {}
             DeviceConfig::Disk { path, read_only } => {
                 let file = std::fs::OpenOptions::new()
                     .read(true)
@@ -166,7 +192,10 @@ pub fn run<W: Write + Send + 'static>(
                     if id == 0 {
                         boot_event("vCPU 0 enters the kernel", started);
                     }
-                    vcpu.run().map_err(Error::from)
+                    // A panic on this thread (a device model's bug) must still end the VM:
+                    // the main thread waits for a result, and other vCPUs hold the channel.
+                    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| vcpu.run()));
+                    run.map_err(|_| Error::VcpuPanicked(id))?.map_err(Error::from)
                 });
                 let _ = tx.send(result);
             })
@@ -176,7 +205,15 @@ pub fn run<W: Write + Send + 'static>(
     // Only after spawning: threads inherit the filter of the thread that spawns them.
     seccomp::apply(ThreadKind::Vmm, config.seccomp)?;
     // The first vCPU to stop decides; the others end with the process.
-    rx.recv().map_err(|_| Error::NoVcpuResult)?
+    let result = rx.recv().map_err(|_| Error::NoVcpuResult)?;
+    for socket in &vsock_sockets {
+        let _ = std::fs::remove_file(socket);
+    }
+    // The VM is not torn down: the process ends right after, and a teardown under the
+    // filters could run device destructors on whichever thread drops the last reference (a
+    // vCPU thread may not close sockets or remove files).
+    std::mem::forget(vm);
+    result
 }
 
 /// Takes ownership of descriptor `fd`, which the VMM's parent left open for it (a tap).

@@ -229,6 +229,14 @@ fn common_rules() -> Result<Vec<Rule>, BackendError> {
         allow(libc::SYS_getpid),
         allow(libc::SYS_gettid),
         allow_arg32(libc::SYS_tgkill, 2, &[libc::SIGABRT as u64])?,
+        // Instant::now() and timed waits (a vCPU waiting for a device thread's answer, the
+        // vsock timeouts) read the clock; the vDSO answers without a system call only where
+        // the host's clocksource allows it.
+        allow(libc::SYS_clock_gettime),
+        // glibc's malloc reads /proc/sys/vm/overcommit_memory the first time a thread's heap
+        // shrinks (read-only, close-on-exec): nothing else opens files after setup.
+        allow_arg32(libc::SYS_openat, 2, &[(libc::O_RDONLY | libc::O_CLOEXEC) as u64])?,
+        allow(libc::SYS_read),
     ])
 }
 
@@ -237,13 +245,11 @@ fn common_rules() -> Result<Vec<Rule>, BackendError> {
 /// tear-down (close, munmap) are common rules.
 fn vmm_rules() -> Vec<Rule> {
     vec![
-        // Reading the exit eventfd (or console input) once woken.
-        allow(libc::SYS_read),
         // Waiting on the exit eventfd together with other sources.
         allow(libc::SYS_epoll_wait),
         allow(libc::SYS_epoll_pwait),
-        // Tearing the VM down once it stopped: the vsock device removes its listening socket
-        // file, so a standalone run leaves nothing behind.
+        // Once the VM stopped, the vsock devices' listening socket files are removed, so a
+        // standalone run leaves nothing behind.
         allow(libc::SYS_unlink),
         allow(libc::SYS_unlinkat),
     ]
@@ -269,13 +275,16 @@ fn device_rules() -> Result<Vec<Rule>, BackendError> {
         allow(libc::SYS_epoll_wait),
         allow(libc::SYS_epoll_pwait),
         allow(libc::SYS_epoll_ctl),
-        // Clearing an eventfd; socket and tap data, scattered or not.
-        allow(libc::SYS_read),
+        // Clearing an eventfd; socket and tap data, scattered or not (`read` is common).
         allow(libc::SYS_readv),
         allow(libc::SYS_writev),
         // Stream sockets of the vsock backend, with ancillary data where needed.
         allow(libc::SYS_recvmsg),
         allow(libc::SYS_sendmsg),
+        // std's UnixStream reads with recv(2) and vhost-user replies may come the same way:
+        // glibc makes recv and send the recvfrom and sendto system calls.
+        allow(libc::SYS_recvfrom),
+        allow(libc::SYS_sendto),
         // The vsock backend accepts host connections on its Unix socket and connects to host
         // listeners for guest-initiated connections: Unix sockets only.
         allow(libc::SYS_accept4),
@@ -283,12 +292,14 @@ fn device_rules() -> Result<Vec<Rule>, BackendError> {
         allow_arg32(libc::SYS_socket, 0, &[libc::AF_UNIX as u64])?,
         // A vsock connection the guest closed in one direction.
         allow(libc::SYS_shutdown),
-        // std's set_nonblocking on an accepted or connected socket is ioctl(FIONBIO).
-        allow_arg32(libc::SYS_ioctl, 1, &[libc::FIONBIO])?,
+        // std's set_nonblocking on an accepted or connected socket is ioctl(FIONBIO); the net
+        // device sets the tap's offloads to what the driver accepted when it is activated.
+        allow_arg32(libc::SYS_ioctl, 1, &[libc::FIONBIO, libc::TUNSETOFFLOAD])?,
         // Block device requests: reads and writes at an offset, and flushes.
         allow(libc::SYS_pread64),
         allow(libc::SYS_pwrite64),
         allow(libc::SYS_fsync),
+        allow(libc::SYS_fdatasync),
         // virtio-rng fills guest buffers from the host's random source.
         allow(libc::SYS_getrandom),
     ])

@@ -3,6 +3,7 @@
 //! (no allocation, no locks), which is what makes forking a threaded test process sound.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
 
 use super::*;
 
@@ -194,5 +195,101 @@ fn memory_can_be_allocated_but_not_made_executable() {
         assert_eq!(in_child(kind, Mode::Kill, map_anonymous_read_write), End::Exited(0), "{kind}");
         let exec = in_child(kind, Mode::Kill, make_a_page_executable);
         assert_eq!(exec, End::Signaled(libc::SIGSYS), "{kind}");
+    }
+}
+
+/// What a device worker does in use, each as a raw call on a socket pair or /dev/null: recv and
+/// send (std's UnixStream read and write: recvfrom and sendto), the tap offload ioctl (on a
+/// socket it fails with ENOTTY, after the filter let it through), fdatasync (a FLUSH), and a
+/// clock read. A kill would end the child with SIGSYS instead of exit code 0.
+fn device_io_calls() -> i32 {
+    let pair = [SOCKET_PAIR[0].load(Ordering::SeqCst), SOCKET_PAIR[1].load(Ordering::SeqCst)];
+    // SAFETY: raw calls on the socket pair the parent made before forking, and on locals.
+    unsafe {
+        let byte = [7u8];
+        let mut got = [0u8];
+        if libc::send(pair[0], byte.as_ptr().cast(), 1, 0) != 1
+            || libc::recv(pair[1], got.as_mut_ptr().cast(), 1, 0) != 1
+        {
+            return 2;
+        }
+        libc::ioctl(pair[0], libc::TUNSETOFFLOAD as libc::c_ulong, 0 as libc::c_ulong);
+        libc::fdatasync(pair[0]);
+        let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        libc::syscall(libc::SYS_clock_gettime, libc::CLOCK_MONOTONIC, &mut now);
+    }
+    0
+}
+
+/// The socket pair `device_io_calls` uses, made by the parent (a device thread never creates
+/// one: its sockets come from accept or connect).
+static SOCKET_PAIR: [std::sync::atomic::AtomicI32; 2] =
+    [std::sync::atomic::AtomicI32::new(-1), std::sync::atomic::AtomicI32::new(-1)];
+
+/// glibc's malloc reading /proc/sys/vm/overcommit_memory, as it does on any thread.
+fn malloc_reads_overcommit() -> i32 {
+    // SAFETY: opens, reads into a local and closes a descriptor owned by this function.
+    unsafe {
+        let fd = libc::openat(
+            libc::AT_FDCWD,
+            c"/proc/sys/vm/overcommit_memory".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        );
+        if fd < 0 {
+            return 1;
+        }
+        let mut buf = [0u8; 8];
+        libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        libc::close(fd);
+    }
+    0
+}
+
+/// Opening a file for writing is not what malloc does, and stays refused.
+fn open_for_writing() -> i32 {
+    // SAFETY: the call names a path in a local C string; the descriptor is closed if opened.
+    unsafe {
+        let fd =
+            libc::openat(libc::AT_FDCWD, c"/dev/null".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd >= 0 {
+            libc::close(fd);
+        }
+    }
+    0
+}
+
+#[test]
+fn device_filter_allows_the_calls_devices_make_in_use() {
+    let mut pair = [0; 2];
+    // SAFETY: socketpair writes two descriptors into the local array.
+    let rc = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            pair.as_mut_ptr(),
+        )
+    };
+    assert_eq!(rc, 0, "socketpair: {}", std::io::Error::last_os_error());
+    SOCKET_PAIR[0].store(pair[0], Ordering::SeqCst);
+    SOCKET_PAIR[1].store(pair[1], Ordering::SeqCst);
+    let end = in_child(ThreadKind::Device, Mode::Kill, device_io_calls);
+    // SAFETY: closes the two descriptors made above, which nothing else uses.
+    unsafe {
+        libc::close(pair[0]);
+        libc::close(pair[1]);
+    }
+    assert_eq!(end, End::Exited(0));
+}
+
+#[test]
+fn every_thread_may_let_malloc_read_overcommit_but_not_open_files_for_writing() {
+    for kind in KINDS {
+        assert_eq!(in_child(kind, Mode::Kill, malloc_reads_overcommit), End::Exited(0), "{kind}");
+        assert_eq!(
+            in_child(kind, Mode::Kill, open_for_writing),
+            End::Signaled(libc::SIGSYS),
+            "{kind}"
+        );
     }
 }

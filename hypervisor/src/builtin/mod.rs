@@ -95,6 +95,18 @@ impl Builtin {
                 "the built-in VMM runs only on KVM; acceleration \"tcg\" needs hypervisor \"qemu\""
             );
         }
+        // With "auto", refuse here a host whose KVM cannot run Linux, rather than after the
+        // VMM started (an explicit "kvm" is taken at its word: tests run hand-made guests).
+        if config.acceleration == crate::Acceleration::Auto {
+            let choice = crate::probe::resolve(crate::Acceleration::Auto)?;
+            if choice.acceleration != crate::Acceleration::Kvm {
+                bail!(
+                    "the built-in VMM needs KVM that can run Linux, and this host has none ({}); \
+                     use hypervisor \"qemu\"",
+                    choice.reason
+                );
+            }
+        }
         if config.vcpus == 0 || config.memory_mib == 0 {
             bail!(
                 "a VM needs at least one vCPU and some memory (got {} vCPUs, {} MiB)",
@@ -219,17 +231,19 @@ impl Builtin {
                 self.console_sink.clone(),
             ));
         }
-        vmm.wait_for_path(&vsock_socket, VMM_READY_TIMEOUT).await.map_err(|err| {
-            match vmm.exited() {
-                Some(exit) => {
-                    anyhow!(
-                        "the built-in VMM exited ({exit}) while starting: {}",
-                        vmm.tail.summary()
-                    )
-                }
-                None => err,
-            }
-        })
+        match vmm.wait_for_path(&vsock_socket, VMM_READY_TIMEOUT).await {
+            Ok(()) => Ok(()),
+            Err(err) => match vmm.exited() {
+                // Status 0 is a guest that ran and reset or powered off before the socket was
+                // seen (and removed again): the VM did start; the monitor reports its end.
+                Some(exit) if exit.code == Some(0) => Ok(()),
+                Some(exit) => Err(anyhow!(
+                    "the built-in VMM exited ({exit}) while starting: {}",
+                    vmm.tail.summary()
+                )),
+                None => Err(err),
+            },
+        }
     }
 
     /// Spawns the task that notices the VMM's exit, ends virtiofsd, removes the sockets and

@@ -4,6 +4,10 @@
 //! memory table and vring addresses, and relays the backend's "used buffers" signals to the
 //! guest as virtio-mmio interrupts.
 //!
+//! Every vhost-user message after the handshake (memory table, rings, stopping them on reset)
+//! is sent by the device's own thread, not the vCPU thread that writes the status register:
+//! the vCPU seccomp filter allows no socket calls.
+//!
 //! Why a frontend and not an in-process file server: virtiofsd is maintained, sandboxes itself
 //! (namespaces, seccomp) and is already installed and tested for QEMU; one file server for both
 //! backends means one set of file system semantics to get right.
@@ -34,6 +38,8 @@ const QUEUE_SIZE: u16 = 256;
 /// vring features that are the backend's business (it processes the rings), passed through to
 /// the driver when the backend offers them.
 const RING_FEATURES: u64 = (1 << 28) | (1 << 29); // INDIRECT_DESC, EVENT_IDX
+/// How long the vCPU thread waits for the device thread to start or stop the backend.
+const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Epoll token of the relay's control eventfd; queue `i` uses token `i`.
 const CONTROL_TOKEN: u64 = u64::MAX;
 
@@ -63,16 +69,22 @@ pub enum Error {
 /// A virtio-fs device whose requests a vhost-user backend serves.
 pub struct VhostUserFs {
     tag: String,
-    frontend: Frontend,
     backend_features: u64,
     acked_features: u64,
     /// Written when the driver notifies a queue (by the transport, or by KVM as ioeventfds);
     /// the backend waits on them.
     kicks: Vec<EventFd>,
-    /// Written by the backend when it used buffers; the relay thread turns them into
+    relay: Relay,
+}
+
+/// The backend's side as the device thread holds it.
+struct Backend {
+    frontend: Frontend,
+    backend_features: u64,
+    kicks: Vec<EventFd>,
+    /// Written by the backend when it used buffers; the device thread turns them into
     /// interrupts.
     calls: Vec<EventFd>,
-    relay: Relay,
 }
 
 impl VhostUserFs {
@@ -97,28 +109,28 @@ impl VhostUserFs {
         }
         let eventfd =
             |what| EventFd::new(EFD_NONBLOCK).map_err(|source| Error::Io { what, source });
-        let kicks = (0..NUM_QUEUES).map(|_| eventfd("kick eventfd")).collect::<Result<_, _>>()?;
+        let kicks: Vec<EventFd> =
+            (0..NUM_QUEUES).map(|_| eventfd("kick eventfd")).collect::<Result<_, _>>()?;
         let calls: Vec<EventFd> =
             (0..NUM_QUEUES).map(|_| eventfd("call eventfd")).collect::<Result<_, _>>()?;
-        let relay = Relay::spawn(&calls)?;
-        Ok(Self {
-            tag: tag.to_string(),
-            frontend,
-            backend_features,
-            acked_features: 0,
-            kicks,
-            calls,
-            relay,
-        })
+        let thread_kicks = kicks
+            .iter()
+            .map(|k| k.try_clone().map_err(|source| Error::Io { what: "kick eventfd", source }))
+            .collect::<Result<_, _>>()?;
+        let backend = Backend { frontend, backend_features, kicks: thread_kicks, calls };
+        let relay = Relay::spawn(backend)?;
+        Ok(Self { tag: tag.to_string(), backend_features, acked_features: 0, kicks, relay })
     }
+}
 
+impl Backend {
     /// Hands memory and rings to the backend and starts them.
-    fn start_backend(&mut self, memory: &GuestMemory, queues: &[Queue]) -> Result<(), String> {
+    fn start(&mut self, memory: &GuestMemory, queues: &[Queue], acked: u64) -> Result<(), String> {
         let protocol = self.backend_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
         fn fail(what: &'static str) -> impl Fn(vhost::Error) -> String {
             move |e| format!("{what}: {e}")
         }
-        self.frontend.set_features(self.acked_features | protocol).map_err(fail("SET_FEATURES"))?;
+        self.frontend.set_features(acked | protocol).map_err(fail("SET_FEATURES"))?;
         let regions = memory
             .iter()
             .map(VhostUserMemoryRegionInfo::from_guest_region)
@@ -152,6 +164,13 @@ impl VhostUserFs {
             }
         }
         Ok(())
+    }
+
+    /// Stops the rings (GET_VRING_BASE); the driver sets everything up again.
+    fn stop(&mut self) {
+        for index in 0..NUM_QUEUES {
+            let _ = self.frontend.get_vring_base(index);
+        }
     }
 }
 
@@ -198,8 +217,17 @@ impl VirtioDevice for VhostUserFs {
         queues: Vec<Queue>,
         interrupt: VirtioInterrupt,
     ) -> Result<(), ActivateError> {
-        self.start_backend(&memory, &queues).map_err(ActivateError::BadSetup)?;
-        self.relay.send(RelayCommand::Activate(interrupt)).map_err(ActivateError::Backend)
+        let acked = self.acked_features;
+        let (reply, answer) = mpsc::channel();
+        self.relay
+            .send(RelayCommand::Activate { memory, queues, acked, interrupt, reply })
+            .map_err(ActivateError::Backend)?;
+        match answer.recv_timeout(REPLY_TIMEOUT) {
+            Ok(result) => result.map_err(ActivateError::BadSetup),
+            Err(_) => Err(ActivateError::Backend(std::io::Error::other(
+                "the virtio-fs thread did not answer the activation",
+            ))),
+        }
     }
 
     fn queue_notify(&mut self, index: u16) {
@@ -215,24 +243,36 @@ impl VirtioDevice for VhostUserFs {
     }
 
     fn reset(&mut self) {
-        // GET_VRING_BASE stops a ring in the backend; the driver sets everything up again.
-        for index in 0..NUM_QUEUES {
-            let _ = self.frontend.get_vring_base(index);
+        let (reply, answer) = mpsc::channel();
+        if self.relay.send(RelayCommand::Reset { reply }).is_ok() {
+            // The driver may set the device up again only once the rings stopped.
+            let _ = answer.recv_timeout(REPLY_TIMEOUT);
         }
-        let _ = self.relay.send(RelayCommand::Deactivate);
+        self.acked_features = 0;
     }
 }
 
-/// What the relay thread is told.
+/// What the device thread is told.
 enum RelayCommand {
-    Activate(VirtioInterrupt),
-    Deactivate,
+    /// Start the backend on these rings and relay its calls to `interrupt`.
+    Activate {
+        memory: GuestMemory,
+        queues: Vec<Queue>,
+        acked: u64,
+        interrupt: VirtioInterrupt,
+        reply: mpsc::Sender<Result<(), String>>,
+    },
+    /// Stop the rings and the relaying.
+    Reset {
+        reply: mpsc::Sender<()>,
+    },
     Stop,
 }
 
-/// A thread that waits on the backend's call eventfds and raises the device's interrupt, so
-/// the transport's InterruptStatus says why (Linux's virtio-mmio handler ignores an interrupt
-/// whose status is empty). Spawned with the device, before any seccomp filter is applied.
+/// The device thread: it talks to the backend, and waits on the backend's call eventfds to
+/// raise the device's interrupt, so the transport's InterruptStatus says why (Linux's
+/// virtio-mmio handler ignores an interrupt whose status is empty). Spawned with the device,
+/// before any seccomp filter is applied.
 struct Relay {
     commands: mpsc::Sender<RelayCommand>,
     wake: EventFd,
@@ -240,7 +280,7 @@ struct Relay {
 }
 
 impl Relay {
-    fn spawn(calls: &[EventFd]) -> Result<Self, Error> {
+    fn spawn(backend: Backend) -> Result<Self, Error> {
         let io = |what| move |source| Error::Io { what, source };
         let wake = EventFd::new(EFD_NONBLOCK).map_err(io("relay eventfd"))?;
         let epoll = Epoll::new().map_err(io("relay epoll"))?;
@@ -249,16 +289,14 @@ impl Relay {
             epoll.ctl(ControlOperation::Add, std::os::fd::AsRawFd::as_raw_fd(fd), event)
         };
         watch(&wake, CONTROL_TOKEN).map_err(io("relay epoll"))?;
-        let mut owned_calls = Vec::with_capacity(calls.len());
-        for (index, call) in calls.iter().enumerate() {
+        for (index, call) in backend.calls.iter().enumerate() {
             watch(call, index as u64).map_err(io("relay epoll"))?;
-            owned_calls.push(call.try_clone().map_err(io("call eventfd"))?);
         }
         let (commands, receiver) = mpsc::channel();
         let thread_wake = wake.try_clone().map_err(io("relay eventfd"))?;
         let thread = thread::Builder::new()
             .name("virtio-fs".into())
-            .spawn(move || relay_loop(epoll, thread_wake, owned_calls, receiver))
+            .spawn(move || relay_loop(epoll, thread_wake, backend, receiver))
             .map_err(io("relay thread"))?;
         Ok(Self { commands, wake, thread: Some(thread) })
     }
@@ -284,7 +322,7 @@ impl Drop for Relay {
 fn relay_loop(
     epoll: Epoll,
     wake: EventFd,
-    calls: Vec<EventFd>,
+    mut backend: Backend,
     commands: mpsc::Receiver<RelayCommand>,
 ) {
     if let Err(e) = crate::seccomp::apply_device_filter() {
@@ -308,12 +346,24 @@ fn relay_loop(
                 let _ = wake.read();
                 while let Ok(command) = commands.try_recv() {
                     match command {
-                        RelayCommand::Activate(i) => interrupt = Some(i),
-                        RelayCommand::Deactivate => interrupt = None,
+                        RelayCommand::Activate { memory, queues, acked, interrupt: i, reply } => {
+                            let started = backend.start(&memory, &queues, acked);
+                            if started.is_ok() {
+                                interrupt = Some(i);
+                            }
+                            let _ = reply.send(started);
+                        }
+                        RelayCommand::Reset { reply } => {
+                            backend.stop();
+                            interrupt = None;
+                            let _ = reply.send(());
+                        }
                         RelayCommand::Stop => return,
                     }
                 }
-            } else if let Some(call) = usize::try_from(token).ok().and_then(|i| calls.get(i)) {
+            } else if let Some(call) =
+                usize::try_from(token).ok().and_then(|i| backend.calls.get(i))
+            {
                 // Reading resets the counter; several calls since the last one are one
                 // interrupt.
                 used |= call.read().is_ok();
