@@ -145,6 +145,36 @@ async fn shared_directory_runs_virtiofsd_beside_the_vmm() {
     assert_clean(&t.run_dir, &records);
 }
 
+/// A VMM crash (SIGKILL, as a seccomp kill or a fault would end it) is an exit the backend
+/// reports with its signal; it then ends virtiofsd and removes the sockets by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_vmm_is_reported_and_cleaned_up() {
+    let Some(vmm) = vmm_binary("a_crashed_vmm_is_reported_and_cleaned_up") else { return };
+    if !BuiltinPaths::default().virtiofsd.is_file() {
+        bazaar_tests::skip::skip(
+            "a_crashed_vmm_is_reported_and_cleaned_up",
+            "no virtiofsd (make deps)",
+        );
+        return;
+    }
+    let mut t = test_vm(vmm, &tiny_kernel::spin());
+    let shared = t.run_dir.with_file_name("shared");
+    std::fs::create_dir_all(&shared).expect("shared dir");
+    t.vm.add_device(Device::SharedFs { tag: "bazaarfs".into(), host_dir: shared }).expect("fs");
+    t.vm.start().await.expect("start");
+    let records = t.vm.processes();
+    let pid = t.vm.vmm_pid().expect("vmm pid");
+    // Ended from outside, by its PID, as a crash would end it.
+    let killed = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    assert!(killed.expect("kill").success());
+    let exit = tokio::time::timeout(Duration::from_secs(30), t.vm.wait()).await.expect("no exit");
+    assert_eq!(exit, VmExit::Exited { code: None, signal: Some(libc::SIGKILL) });
+    assert!(t.vm.processes().is_empty());
+    assert_clean(&t.run_dir, &records);
+    t.vm.stop().await.expect("stop after a crash");
+    assert_eq!(t.vm.wait().await, exit);
+}
+
 /// What the backend refuses, with errors that name the problem, and nothing started.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_setups_are_refused_by_name() {
