@@ -10,6 +10,9 @@
 #    $BAZAAR_LIBEXEC (default /usr/local/libexec/bazaar):
 #      virtiofsd          (Debian 12 has no virtiofsd package)
 #      vhost-device-vsock (hosts without /dev/vhost-vsock, e.g. nested VMs)
+# 3. The nested-KVM lab's L1 kernel (tests/src/nested_kvm.rs), into $BAZAAR_NESTED_KVM
+#    (default /usr/local/lib/bazaar/nested-kvm): Debian's generic kernel and the modules of
+#    KVM on AMD SVM, taken from the linux-image-amd64 package without installing it.
 set -euo pipefail
 
 VIRTIOFSD_VERSION=1.14.0
@@ -17,6 +20,9 @@ VHOST_DEVICE_VSOCK_VERSION=0.3.0
 
 TOOLS_ROOT="${BAZAAR_TOOLS_ROOT:-/usr/local/lib/bazaar/tools}"
 LIBEXEC="${BAZAAR_LIBEXEC:-/usr/local/libexec/bazaar}"
+NESTED_KVM="${BAZAAR_NESTED_KVM:-/usr/local/lib/bazaar/nested-kvm}"
+# The L1 kernel modules that give a /dev/kvm on (QEMU-emulated) AMD SVM, in load order.
+NESTED_KVM_MODULES=(virt/lib/irqbypass arch/x86/kvm/kvm drivers/crypto/ccp/ccp arch/x86/kvm/kvm-amd)
 
 APT_PACKAGES=(
     containerd runc qemu-system-x86 linux-source-6.1 busybox-static
@@ -122,8 +128,42 @@ install_tool() {  # crate version binary
     log "$bin $version: installed at $dest"
 }
 
+# Our build machines' KVM cannot run Linux, but QEMU's TCG emulates AMD SVM: Debian's kernel
+# booted under it loads kvm_amd, and Linux guests of the built-in VMM run there. Only the
+# kernel and four modules are kept; the package itself is never installed on the host.
+install_nested_kvm_kernel() {
+    local pkg release stage kdir m
+    pkg="$(apt-cache depends linux-image-amd64 2>/dev/null \
+        | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')"
+    [[ -n "$pkg" ]] || die "nested-kvm: apt knows no linux-image-amd64 kernel package"
+    if [[ "$(cat "$NESTED_KVM/package" 2>/dev/null)" == "$pkg" ]]; then
+        log "nested-kvm: $pkg already at $NESTED_KVM"
+        return
+    fi
+    release="${pkg#linux-image-}"
+    stage="$(mktemp -d /tmp/bazaar-nested-kvm.XXXXXX)"
+    log "nested-kvm: fetching $pkg"
+    (cd "$stage" && apt-get download -q -o APT::Sandbox::User=root "$pkg" >/dev/null) \
+        || { rm -rf "$stage"; die "nested-kvm: apt-get download $pkg failed"; }
+    dpkg-deb -x "$stage"/*.deb "$stage/pkg"
+    kdir="$stage/pkg/lib/modules/$release/kernel"
+    rm -rf "$NESTED_KVM.tmp" && mkdir -p "$NESTED_KVM.tmp/modules"
+    install -m 0644 "$stage/pkg/boot/vmlinuz-$release" "$NESTED_KVM.tmp/vmlinuz"
+    for m in "${NESTED_KVM_MODULES[@]}"; do
+        # busybox insmod (what the L1 VM has) loads only uncompressed modules.
+        [[ -f "$kdir/$m.ko" ]] || { rm -rf "$stage"; die "nested-kvm: $pkg has no $m.ko"; }
+        install -m 0644 "$kdir/$m.ko" "$NESTED_KVM.tmp/modules/"
+        basename "$m" >>"$NESTED_KVM.tmp/modules/order"
+    done
+    echo "$pkg" >"$NESTED_KVM.tmp/package"
+    rm -rf "$stage" "$NESTED_KVM"
+    mv "$NESTED_KVM.tmp" "$NESTED_KVM"
+    log "nested-kvm: $pkg kernel and KVM modules at $NESTED_KVM"
+}
+
 if ((do_apt)); then
     install_apt_packages
+    install_nested_kvm_kernel
 fi
 if ((do_tools)); then
     # One after the other on purpose: each build uses every core.

@@ -30,6 +30,7 @@ pub mod image;
 pub mod kernel;
 pub mod leaks;
 pub mod lock;
+pub mod nested_kvm;
 pub mod oci;
 pub mod paths;
 pub mod process;

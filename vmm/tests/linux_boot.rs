@@ -1,16 +1,24 @@
 //! Boots the guest kernel `make guest-image` builds with the `bazaar-vmm` binary and expects
-//! the kernel to reach its init. Runs only where the host's KVM can run Linux (hardware
-//! virtualization: vmx or svm in /proc/cpuinfo); skipped, loudly, elsewhere. The agent's
+//! the kernel to reach its init: the bzImage on one vCPU, the ELF vmlinux on two. The agent's
 //! health check over vsock through the built-in backend is `runtime/tests/builtin_linux_boot.rs`.
+//!
+//! The direct tests run where the host's KVM can run Linux (hardware virtualization: vmx or
+//! svm in /proc/cpuinfo) and are skipped, loudly, elsewhere. Our build hosts' KVM cannot, so
+//! `linux_boots_under_nested_kvm` runs both inside the nested-KVM lab
+//! (`bazaar_tests::nested_kvm`): an L1 VM under QEMU's TCG whose KVM runs on emulated AMD SVM.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// The whole L1 run: its boot, then two guest boots, all under TCG.
+const NESTED_TIMEOUT: Duration = Duration::from_secs(480);
+/// What a direct test prints once the guest reached its init.
+const REACHED_INIT: &str = "LINUX-BOOT: reached init";
 
 fn guest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../build/guest")
@@ -18,11 +26,22 @@ fn guest_dir() -> PathBuf {
 
 #[test]
 fn bzimage_boots_to_init() {
+    boot_to_init("vmm linux_boot::bzimage_boots_to_init", "bzImage", 1);
+}
+
+#[test]
+fn elf_vmlinux_boots_to_init_on_two_vcpus() {
+    boot_to_init("vmm linux_boot::elf_vmlinux_boots_to_init_on_two_vcpus", "vmlinux", 2);
+}
+
+/// Boots `build/guest/<kernel>` with the guest initrd on `vcpus` vCPUs until the kernel runs
+/// /init, and checks that the kernel brought all the vCPUs up.
+fn boot_to_init(test: &str, kernel: &str, vcpus: u32) {
     if let Some(reason) = bazaar_tests::kernel::kvm_cannot_run_linux() {
-        bazaar_tests::skip::skip("vmm linux_boot::bzimage_boots_to_init", &reason);
+        bazaar_tests::skip::skip(test, &reason);
         return;
     }
-    let (kernel, initrd) = (guest_dir().join("bzImage"), guest_dir().join("initrd.cpio"));
+    let (kernel, initrd) = (guest_dir().join(kernel), guest_dir().join("initrd.cpio"));
     for path in [&kernel, &initrd] {
         assert!(path.exists(), "{} is missing: run `make guest-image`", path.display());
     }
@@ -31,7 +50,7 @@ fn bzimage_boots_to_init() {
         .arg(&kernel)
         .arg("--initrd")
         .arg(&initrd)
-        .args(["--memory-mib", "256", "--cmdline", "panic=-1"])
+        .args(["--memory-mib", "256", "--vcpus", &vcpus.to_string(), "--cmdline", "panic=-1"])
         .stdout(Stdio::piped())
         .spawn()
         .expect("start bazaar-vmm");
@@ -46,7 +65,7 @@ fn bzimage_boots_to_init() {
             }
             seen.extend_from_slice(&buf[..n]);
             if String::from_utf8_lossy(&seen).contains("Run /init") {
-                let _ = tx.send(Ok(()));
+                let _ = tx.send(Ok(String::from_utf8_lossy(&seen).into_owned()));
                 return;
             }
         }
@@ -56,9 +75,52 @@ fn bzimage_boots_to_init() {
     // End the VMM this test started, whatever happened.
     let _ = child.kill();
     let _ = child.wait();
-    match result {
-        Ok(Ok(())) => {}
+    let console = match result {
+        Ok(Ok(console)) => console,
         Ok(Err(console)) => panic!("console ended before init:\n{console}"),
         Err(_) => panic!("no \"Run /init\" on the console within {BOOT_TIMEOUT:?}"),
+    };
+    let cpus = if vcpus == 1 { "1 CPU".to_string() } else { format!("{vcpus} CPUs") };
+    assert!(
+        console.contains(&format!("Brought up 1 node, {cpus}")),
+        "the kernel did not bring up {cpus}:\n{console}"
+    );
+    eprintln!("{REACHED_INIT}: {} on {cpus}", kernel.display());
+}
+
+#[test]
+fn linux_boots_under_nested_kvm() {
+    let test = "vmm linux_boot::linux_boots_under_nested_kvm";
+    let lab = match bazaar_tests::nested_kvm::Lab::find() {
+        Ok(lab) => lab,
+        Err(reason) => return bazaar_tests::skip::skip(test, &reason),
+    };
+    let this_test = std::env::current_exe().expect("test binary");
+    let mut image = bazaar_tests::nested_kvm::L1Image::new().expect("L1 image");
+    for program in [&this_test, Path::new(env!("CARGO_BIN_EXE_bazaar-vmm"))] {
+        image.add_program(program).expect("program for the L1 image");
+    }
+    for file in ["bzImage", "vmlinux", "initrd.cpio"] {
+        image.add(&guest_dir().join(file)).expect("guest image file");
+    }
+    // Inside, /proc/cpuinfo has svm and /dev/kvm is kvm_amd's: the direct tests run for real.
+    let workload = format!(
+        "cd /tmp && '{}' boots_to_init --skip under_nested_kvm --nocapture --test-threads=1",
+        this_test.display()
+    );
+    let out = lab.run(image, &workload, 1024, NESTED_TIMEOUT).expect("run the L1 VM");
+    let console = out.stdout.replace('\r', "");
+    let reached = console.lines().filter(|l| l.contains(REACHED_INIT)).count();
+    assert!(
+        console.contains("nested-kvm: /dev/kvm ready")
+            && reached == 2
+            && console.contains("test result: ok. 2 passed")
+            && console.contains(&format!("{} 0", bazaar_tests::nested_kvm::EXIT_MARKER))
+            && !console.contains("SKIPPED"),
+        "the built-in VMM did not boot Linux to init under nested KVM:\n{}",
+        out.describe()
+    );
+    for line in console.lines().filter(|l| l.contains(REACHED_INIT)) {
+        eprintln!("nested KVM (TCG-emulated SVM): {line}");
     }
 }
