@@ -92,6 +92,28 @@ pub fn decide(requested: Acceleration, host: &HostFacts) -> Result<AccelChoice, 
     }
 }
 
+/// Which backend `hypervisor = "auto"` picks, with a reason for the log: the built-in VMM
+/// (`true`) where KVM can run a Linux guest (it works and the CPU has vmx or svm) and
+/// acceleration is not forced to TCG; QEMU everywhere else, since only QEMU emulates a CPU.
+pub fn auto_picks_builtin(requested: Acceleration, host: &HostFacts) -> (bool, String) {
+    if requested == Acceleration::Tcg {
+        return (false, "auto: QEMU, since acceleration is tcg".to_string());
+    }
+    match (&host.kvm, host.hw_virt_flag) {
+        (Ok(()), Some(flag)) => {
+            (true, format!("auto: built-in VMM, since {KVM_DEVICE} works and the CPU has {flag}"))
+        }
+        (Err(why), _) => (false, format!("auto: QEMU, since {why}")),
+        (Ok(()), None) => (
+            false,
+            format!(
+                "auto: QEMU, since {CPUINFO} has no vmx/svm flag (an emulated nested KVM \
+                 cannot run a Linux guest, so the guest needs QEMU's own emulation)"
+            ),
+        ),
+    }
+}
+
 /// The hardware virtualization flag in /proc/cpuinfo text, if any CPU lists one.
 pub fn hw_virt_flag(cpuinfo: &str) -> Option<&'static str> {
     for line in cpuinfo.lines() {
@@ -146,6 +168,20 @@ mod tests {
     const AMD: &str = "processor\t: 0\nflags\t\t: fpu sse2 svm lahf_lm\n";
     const NONE: &str = "processor\t: 0\nflags\t\t: fpu vme hypervisor avx2 vmxnet_like\n\
         vmx flags\t: vnmi preemption_timer\n";
+
+    #[test]
+    fn auto_picks_the_builtin_vmm_only_where_kvm_runs_linux() {
+        let real = HostFacts { kvm: Ok(()), hw_virt_flag: Some("vmx") };
+        let emulated = HostFacts { kvm: Ok(()), hw_virt_flag: None };
+        let absent = HostFacts { kvm: Err("/dev/kvm cannot be opened".into()), hw_virt_flag: None };
+        assert!(auto_picks_builtin(Acceleration::Auto, &real).0);
+        assert!(auto_picks_builtin(Acceleration::Kvm, &real).0);
+        assert!(!auto_picks_builtin(Acceleration::Tcg, &real).0);
+        let (builtin, reason) = auto_picks_builtin(Acceleration::Auto, &emulated);
+        assert!(!builtin && reason.contains("no vmx/svm"), "{reason}");
+        let (builtin, reason) = auto_picks_builtin(Acceleration::Kvm, &absent);
+        assert!(!builtin && reason.contains("cannot be opened"), "{reason}");
+    }
 
     #[test]
     fn finds_hardware_virtualization_flags() {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use bazaar_hypervisor::builtin::{Builtin, BuiltinPaths};
 use bazaar_hypervisor::hybrid_vsock::ReadyListener;
+use bazaar_hypervisor::probe::{auto_picks_builtin, HostFacts};
 use bazaar_hypervisor::qemu::{Qemu, QemuPaths};
 use bazaar_hypervisor::{Device, Hypervisor, NetworkDevice, VmConfig};
 use bazaar_protocols::agent::{CreateSandboxRequest, DestroySandboxRequest};
@@ -207,11 +208,22 @@ fn new_hypervisor(
             true
         }
         HypervisorKind::Auto => {
-            // Not yet the built-in VMM: its Linux boot has not been verified on a host with
-            // hardware virtualization (docs/builtin-vmm.md), so `auto` stays on QEMU.
-            info!(logger, "hypervisor selected"; "hypervisor" => "qemu",
-                "reason" => "auto: QEMU until the built-in VMM's Linux boot is verified");
-            false
+            let host = HostFacts::probe();
+            let (builtin, mut reason) = auto_picks_builtin(hv.acceleration, &host);
+            // A host set up without `make install`'s VMM still runs sandboxes, on QEMU.
+            let builtin = builtin && {
+                let installed = hv.vmm_path.is_file();
+                if !installed {
+                    reason = format!(
+                        "auto: QEMU, since the built-in VMM {} is not installed",
+                        hv.vmm_path.display()
+                    );
+                }
+                installed
+            };
+            let name = if builtin { "builtin" } else { "qemu" };
+            info!(logger, "hypervisor selected"; "hypervisor" => name, "reason" => reason);
+            builtin
         }
         HypervisorKind::Qemu => {
             info!(logger, "hypervisor selected"; "hypervisor" => "qemu", "reason" => "configured");
