@@ -163,20 +163,21 @@ pub fn run<W: Write + Send + 'static>(
     if let Some(extra) = &config.cmdline {
         cmdline.insert_str(extra)?;
     }
-    let kernel = boot::load_linux(
+    let entry = boot::load_linux(
         vm.memory(),
         &config.kernel,
         config.initrd.as_deref(),
         &cmdline,
         config.vcpus,
     )?;
+    eprintln!("bazaar-vmm: boot: {entry}");
 
     // Every vCPU exists and is set up before any runs: an INIT-SIPI sent to a vCPU that KVM
     // does not know yet would be lost.
     let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
     for id in 0..config.vcpus {
         let vcpu = vm.create_vcpu(id)?;
-        boot::setup_vcpu(vm.kvm(), vcpu.fd(), id, config.vcpus, kernel.entry.0, true)?;
+        boot::setup_vcpu(vm.kvm(), vcpu.fd(), id, config.vcpus, entry, true)?;
         vcpus.push(vcpu);
     }
     let (tx, rx) = mpsc::channel::<Result<Exit, Error>>();

@@ -80,7 +80,8 @@ fn long_mode_guest_set_up_by_the_boot_code() {
     let (vm, out) = vm_with_code(false, LONG_MODE_PROGRAM, LONG_MODE_CODE_ADDR);
     boot::regs::write_boot_tables(vm.memory()).expect("boot tables");
     let mut vcpu = vm.create_vcpu(0).expect("vcpu");
-    boot::setup_vcpu(vm.kvm(), vcpu.fd(), 0, 1, LONG_MODE_CODE_ADDR, false).expect("setup");
+    boot::setup_vcpu(vm.kvm(), vcpu.fd(), 0, 1, boot::Entry::Linux64(LONG_MODE_CODE_ADDR), false)
+        .expect("setup");
     assert_eq!(vcpu.run().expect("run"), Exit::Halted);
     assert_eq!(out.text(), "64\n");
     let stored: u64 = vm.memory().read_obj(GuestAddress(0x5000)).expect("read");
@@ -99,6 +100,7 @@ fn long_mode_guest_with_irqchip_resets() {
     boot::regs::write_boot_tables(vm.memory()).expect("boot tables");
     let mut vcpu = vm.create_vcpu(0).expect("vcpu");
     // Full vCPU setup, LAPIC LINT pins included.
-    boot::setup_vcpu(vm.kvm(), vcpu.fd(), 0, 1, LONG_MODE_CODE_ADDR, true).expect("setup");
+    boot::setup_vcpu(vm.kvm(), vcpu.fd(), 0, 1, boot::Entry::Linux64(LONG_MODE_CODE_ADDR), true)
+        .expect("setup");
     assert_eq!(vcpu.run().expect("run"), Exit::Reset);
 }

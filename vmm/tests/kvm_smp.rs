@@ -93,7 +93,15 @@ fn application_processor_waits_for_init_sipi() {
     let bsp = vm.create_vcpu(0).expect("vcpu 0");
     let ap = vm.create_vcpu(1).expect("vcpu 1");
     for vcpu in [&bsp, &ap] {
-        boot::setup_vcpu(vm.kvm(), vcpu.fd(), vcpu.id(), 2, BSP_CODE_ADDR, true).expect("setup");
+        boot::setup_vcpu(
+            vm.kvm(),
+            vcpu.fd(),
+            vcpu.id(),
+            2,
+            boot::Entry::Linux64(BSP_CODE_ADDR),
+            true,
+        )
+        .expect("setup");
     }
     let state = |v: &bazaar_vmm::vcpu::Vcpu| v.fd().get_mp_state().expect("mp state").mp_state;
     assert_eq!(state(&bsp), KVM_MP_STATE_RUNNABLE);
@@ -111,7 +119,7 @@ fn secondary_vcpu_without_irqchip_is_refused() {
     }
     let (vm, _out) = vm_with_code(false, &[0xf4], BSP_CODE_ADDR);
     let ap = vm.create_vcpu(1).expect("vcpu 1");
-    let err = boot::setup_vcpu(vm.kvm(), ap.fd(), 1, 2, BSP_CODE_ADDR, false);
+    let err = boot::setup_vcpu(vm.kvm(), ap.fd(), 1, 2, boot::Entry::Linux64(BSP_CODE_ADDR), false);
     assert!(matches!(err, Err(boot::Error::SecondaryWithoutIrqchip(1))), "{err:?}");
 }
 
@@ -129,7 +137,8 @@ fn boot_processor_starts_an_ap_with_init_sipi_sipi() {
     let vcpus: Vec<_> = (0..2)
         .map(|id| {
             let vcpu = vm.create_vcpu(id).expect("vcpu");
-            boot::setup_vcpu(vm.kvm(), vcpu.fd(), id, 2, BSP_CODE_ADDR, true).expect("setup");
+            boot::setup_vcpu(vm.kvm(), vcpu.fd(), id, 2, boot::Entry::Linux64(BSP_CODE_ADDR), true)
+                .expect("setup");
             vcpu
         })
         .collect();

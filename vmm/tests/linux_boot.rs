@@ -26,17 +26,24 @@ fn guest_dir() -> PathBuf {
 
 #[test]
 fn bzimage_boots_to_init() {
-    boot_to_init("vmm linux_boot::bzimage_boots_to_init", "bzImage", 1);
+    boot_to_init("vmm linux_boot::bzimage_boots_to_init", "bzImage", 1, "64-bit boot protocol");
 }
 
 #[test]
 fn elf_vmlinux_boots_to_init_on_two_vcpus() {
-    boot_to_init("vmm linux_boot::elf_vmlinux_boots_to_init_on_two_vcpus", "vmlinux", 2);
+    // The guest image's vmlinux has a PVH note (CONFIG_PVH), so it boots through PVH.
+    boot_to_init(
+        "vmm linux_boot::elf_vmlinux_boots_to_init_on_two_vcpus",
+        "vmlinux",
+        2,
+        "PVH entry",
+    );
 }
 
 /// Boots `build/guest/<kernel>` with the guest initrd on `vcpus` vCPUs until the kernel runs
-/// /init, and checks that the kernel brought all the vCPUs up.
-fn boot_to_init(test: &str, kernel: &str, vcpus: u32) {
+/// /init, and checks that the VMM entered it through `protocol` and that the kernel brought all
+/// the vCPUs up.
+fn boot_to_init(test: &str, kernel: &str, vcpus: u32, protocol: &str) {
     if let Some(reason) = bazaar_tests::kernel::kvm_cannot_run_linux() {
         bazaar_tests::skip::skip(test, &reason);
         return;
@@ -52,9 +59,16 @@ fn boot_to_init(test: &str, kernel: &str, vcpus: u32) {
         .arg(&initrd)
         .args(["--memory-mib", "256", "--vcpus", &vcpus.to_string(), "--cmdline", "panic=-1"])
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("start bazaar-vmm");
     let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let timeline = thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         let mut seen = Vec::new();
@@ -75,17 +89,22 @@ fn boot_to_init(test: &str, kernel: &str, vcpus: u32) {
     // End the VMM this test started, whatever happened.
     let _ = child.kill();
     let _ = child.wait();
+    let timeline = timeline.join().unwrap_or_default();
     let console = match result {
         Ok(Ok(console)) => console,
         Ok(Err(console)) => panic!("console ended before init:\n{console}"),
         Err(_) => panic!("no \"Run /init\" on the console within {BOOT_TIMEOUT:?}"),
     };
+    assert!(
+        timeline.contains(&format!("bazaar-vmm: boot: {protocol}")),
+        "the VMM did not enter the kernel through its {protocol}:\n{timeline}"
+    );
     let cpus = if vcpus == 1 { "1 CPU".to_string() } else { format!("{vcpus} CPUs") };
     assert!(
         console.contains(&format!("Brought up 1 node, {cpus}")),
         "the kernel did not bring up {cpus}:\n{console}"
     );
-    eprintln!("{REACHED_INIT}: {} on {cpus}", kernel.display());
+    eprintln!("{REACHED_INIT}: {} ({protocol}) on {cpus}", kernel.display());
 }
 
 #[test]
@@ -105,8 +124,8 @@ fn linux_boots_under_nested_kvm() {
     }
     // Inside, /proc/cpuinfo has svm and /dev/kvm is kvm_amd's: the direct tests run for real.
     let workload = format!(
-        "cd /tmp && '{}' boots_to_init --skip under_nested_kvm --nocapture --test-threads=1",
-        this_test.display()
+        "cd /tmp && {} boots_to_init --skip under_nested_kvm --nocapture --test-threads=1",
+        bazaar_tests::nested_kvm::shell_quote(&this_test)
     );
     let out = lab.run(image, &workload, 1024, NESTED_TIMEOUT).expect("run the L1 VM");
     let console = out.stdout.replace('\r', "");

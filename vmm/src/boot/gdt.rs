@@ -13,12 +13,14 @@ pub const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
         | (limit & 0xffff)
 }
 
-/// The boot GDT: null, 64-bit code (selector 0x08), data (0x10), TSS (0x18).
-pub const BOOT_GDT: [u64; 4] = [
+/// The boot GDT: null, 64-bit code (selector 0x08), data (0x10), TSS (0x18), and the 32-bit
+/// code segment PVH entry wants (0x20).
+pub const BOOT_GDT: [u64; 5] = [
     gdt_entry(0, 0, 0),
     gdt_entry(0xa09b, 0, 0xfffff),
     gdt_entry(0xc093, 0, 0xfffff),
     gdt_entry(0x808b, 0, 0xfffff),
+    gdt_entry(0xc09b, 0, 0xfffff),
 ];
 
 /// The KVM view of descriptor `table_index` holding `entry`.
@@ -58,6 +60,12 @@ mod tests {
         assert_eq!(cs.type_, 0xb);
         assert_eq!(cs.limit, 0xffff_ffff);
         assert_eq!(cs.base, 0);
+    }
+
+    #[test]
+    fn pvh_code_segment_is_32_bit() {
+        let cs = segment_from_gdt(BOOT_GDT[4], 4);
+        assert_eq!((cs.selector, cs.l, cs.db, cs.type_, cs.limit), (0x20, 0, 1, 0xb, 0xffff_ffff));
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub struct LoadedKernel {
     pub end: u64,
     /// The bzImage's setup header, to copy into the zero page.
     pub setup_header: Option<setup_header>,
-    /// The ELF's PVH entry point, when it has one (not used yet: see the crate README).
+    /// The ELF's PVH entry point, when it has one (then PVH is how it boots).
     pub pvh_entry: Option<GuestAddress>,
 }
 

@@ -4,6 +4,12 @@
 pub const GDT_ADDR: u64 = 0x500;
 /// An empty IDT (the kernel installs its own before enabling interrupts).
 pub const IDT_ADDR: u64 = 0x520;
+/// PVH boot: the `hvm_start_info` structure (56 bytes),
+pub const PVH_INFO_ADDR: u64 = 0x6000;
+/// its module list (the initrd: one 32-byte entry),
+pub const PVH_MODLIST_ADDR: u64 = 0x6040;
+/// and its memory map (24-byte entries, room for 165 before the zero page).
+pub const PVH_MEMMAP_ADDR: u64 = 0x6080;
 /// The Linux zero page (`struct boot_params`).
 pub const ZERO_PAGE_ADDR: u64 = 0x7000;
 /// Initial stack pointer (the kernel switches stacks at once).

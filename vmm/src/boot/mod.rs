@@ -1,6 +1,7 @@
 //! Booting Linux: load the kernel and initrd, write the zero page, boot tables and MP table,
-//! and set up each vCPU (CPUID, MSRs, LAPIC, and registers on the boot vCPU). The 64-bit boot
-//! protocol is used for both bzImage and ELF kernels; PVH entry is recorded but not used yet.
+//! and set up each vCPU (CPUID, MSRs, LAPIC, and registers on the boot vCPU). An ELF kernel with
+//! a PVH entry note boots through PVH (`pvh`); a bzImage, or an ELF without the note, through
+//! the 64-bit boot protocol (`params`, `regs`).
 
 pub mod cpuid;
 pub mod gdt;
@@ -8,12 +9,14 @@ pub mod kernel;
 pub mod layout;
 pub mod mptable;
 pub mod params;
+pub mod pvh;
 pub mod regs;
 
 use std::path::{Path, PathBuf};
 
 use kvm_ioctls::{Kvm, VcpuFd};
 use linux_loader::cmdline::Cmdline;
+use vm_memory::GuestAddress;
 
 use crate::memory::GuestMemory;
 pub use kernel::LoadedKernel;
@@ -43,6 +46,9 @@ pub enum Error {
     /// Writing the zero page failed.
     #[error("cannot write the zero page: {0}")]
     ZeroPage(#[source] linux_loader::configurator::Error),
+    /// Writing the PVH start info failed.
+    #[error("cannot write the PVH start info: {0}")]
+    StartInfo(#[source] linux_loader::configurator::Error),
     /// More e820 entries than the zero page holds.
     #[error("{0} e820 entries do not fit in the zero page")]
     E820TooLong(usize),
@@ -85,26 +91,55 @@ pub enum Error {
     SecondaryWithoutIrqchip(u8),
 }
 
-/// Loads kernel and initrd, writes the command line, zero page, boot tables and the MP table
-/// for `vcpu_count` vCPUs. Returns where the boot vCPU starts.
+/// Where the boot vCPU starts, and by which protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// 64-bit boot protocol: long mode, `rsi` = the zero page.
+    Linux64(u64),
+    /// PVH: 32-bit protected mode, `ebx` = the `hvm_start_info`.
+    Pvh(u64),
+}
+
+impl std::fmt::Display for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Entry::Linux64(addr) => write!(f, "64-bit boot protocol entry at {addr:#x}"),
+            Entry::Pvh(addr) => write!(f, "PVH entry at {addr:#x}"),
+        }
+    }
+}
+
+/// Loads kernel and initrd, writes the command line, the boot information (PVH start info where
+/// the kernel has a PVH entry, else the zero page), boot tables and the MP table for
+/// `vcpu_count` vCPUs. Returns where the boot vCPU starts.
 pub fn load_linux(
     mem: &GuestMemory,
     kernel_path: &Path,
     initrd_path: Option<&Path>,
     cmdline: &Cmdline,
     vcpu_count: u8,
-) -> Result<LoadedKernel, Error> {
+) -> Result<Entry, Error> {
     let kernel = kernel::load_kernel(mem, kernel_path)?;
     let initrd = initrd_path.map(|p| kernel::load_initrd(mem, p, &kernel)).transpose()?;
-    params::write_zero_page(mem, &kernel, cmdline, initrd)?;
     regs::write_boot_tables(mem)?;
     mptable::write(mem, vcpu_count)?;
-    Ok(kernel)
+    match kernel.pvh_entry {
+        Some(entry) => {
+            linux_loader::loader::load_cmdline(mem, GuestAddress(layout::CMDLINE_ADDR), cmdline)
+                .map_err(Error::Cmdline)?;
+            pvh::write_start_info(mem, initrd)?;
+            Ok(Entry::Pvh(entry.0))
+        }
+        None => {
+            params::write_zero_page(mem, &kernel, cmdline, initrd)?;
+            Ok(Entry::Linux64(kernel.entry.0))
+        }
+    }
 }
 
 /// Sets up vCPU `id` of `count`: CPUID (its APIC id and the topology), MSRs and, with the
 /// in-kernel irqchip, the LAPIC's LINT pins. Only vCPU 0, the bootstrap processor, gets the
-/// long-mode registers to enter the kernel at `entry`: with the irqchip, KVM keeps the others
+/// registers to enter the kernel at `entry`: with the irqchip, KVM keeps the others
 /// waiting for the INIT-SIPI-SIPI the kernel sends when it brings them up (whatever registers
 /// were set, INIT resets them). Without an irqchip nothing can start them, so that is an error.
 pub fn setup_vcpu(
@@ -112,7 +147,7 @@ pub fn setup_vcpu(
     vcpu: &VcpuFd,
     id: u8,
     count: u8,
-    entry: u64,
+    entry: Entry,
     irqchip: bool,
 ) -> Result<(), Error> {
     if id != 0 && !irqchip {
@@ -123,8 +158,10 @@ pub fn setup_vcpu(
     if irqchip {
         regs::setup_lint(vcpu)?;
     }
-    if id == 0 {
-        regs::setup_long_mode(vcpu, entry)?;
+    match entry {
+        _ if id != 0 => {}
+        Entry::Linux64(addr) => regs::setup_long_mode(vcpu, addr)?,
+        Entry::Pvh(addr) => regs::setup_pvh(vcpu, addr)?,
     }
     Ok(())
 }

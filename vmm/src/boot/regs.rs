@@ -8,7 +8,8 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::gdt::{segment_from_gdt, BOOT_GDT};
 use super::layout::{
-    BOOT_STACK_POINTER, GDT_ADDR, IDT_ADDR, PDPT_ADDR, PD_ADDR, PML4_ADDR, ZERO_PAGE_ADDR,
+    BOOT_STACK_POINTER, GDT_ADDR, IDT_ADDR, PDPT_ADDR, PD_ADDR, PML4_ADDR, PVH_INFO_ADDR,
+    ZERO_PAGE_ADDR,
 };
 use super::Error;
 use crate::memory::GuestMemory;
@@ -41,26 +42,53 @@ fn write(mem: &GuestMemory, addr: u64, value: u64) -> Result<(), Error> {
     mem.write_obj(value, GuestAddress(addr)).map_err(|source| Error::WriteTables { addr, source })
 }
 
-/// Special registers for long mode on the tables [`write_boot_tables`] wrote.
-pub fn long_mode_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
+/// The boot GDT and IDT, flat segments from the GDT with code descriptor `code_index`, and the
+/// TSS: what both boot protocols start with.
+fn flat_segments(mut sregs: kvm_sregs, code_index: u8) -> kvm_sregs {
     sregs.gdt.base = GDT_ADDR;
     sregs.gdt.limit = (std::mem::size_of_val(&BOOT_GDT) - 1) as u16;
     sregs.idt.base = IDT_ADDR;
     sregs.idt.limit = 7;
-    let code = segment_from_gdt(BOOT_GDT[1], 1);
     let data = segment_from_gdt(BOOT_GDT[2], 2);
-    sregs.cs = code;
+    sregs.cs = segment_from_gdt(BOOT_GDT[usize::from(code_index)], code_index);
     sregs.ds = data;
     sregs.es = data;
     sregs.fs = data;
     sregs.gs = data;
     sregs.ss = data;
     sregs.tr = segment_from_gdt(BOOT_GDT[3], 3);
+    sregs
+}
+
+/// Special registers for long mode on the tables [`write_boot_tables`] wrote.
+pub fn long_mode_sregs(sregs: kvm_sregs) -> kvm_sregs {
+    let mut sregs = flat_segments(sregs, 1);
     sregs.cr3 = PML4_ADDR;
     sregs.cr4 |= X86_CR4_PAE;
     sregs.cr0 |= X86_CR0_PE | X86_CR0_PG;
     sregs.efer |= EFER_LME | EFER_LMA;
     sregs
+}
+
+/// Special registers for PVH entry: flat 32-bit segments, protection on, paging off (and so no
+/// PAE or long mode).
+pub fn pvh_sregs(sregs: kvm_sregs) -> kvm_sregs {
+    let mut sregs = flat_segments(sregs, 4);
+    sregs.cr0 = (sregs.cr0 | X86_CR0_PE) & !X86_CR0_PG;
+    sregs.cr4 &= !X86_CR4_PAE;
+    sregs.efer &= !(EFER_LME | EFER_LMA);
+    sregs
+}
+
+/// Puts `vcpu` at the PVH entry `entry` with `rbx` = the `hvm_start_info` (write the tables
+/// first: the GDT they hold backs the segments).
+pub fn setup_pvh(vcpu: &VcpuFd, entry: u64) -> Result<(), Error> {
+    let sregs = vcpu.get_sregs().map_err(Error::Sregs)?;
+    vcpu.set_sregs(&pvh_sregs(sregs)).map_err(Error::Sregs)?;
+    let regs = kvm_regs { rflags: 0x2, rip: entry, rbx: PVH_INFO_ADDR, ..Default::default() };
+    vcpu.set_regs(&regs).map_err(Error::Regs)?;
+    let fpu = kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
+    vcpu.set_fpu(&fpu).map_err(Error::Fpu)
 }
 
 /// Puts `vcpu` in long mode at `entry` with `rsi` = the zero page (write the tables first).
@@ -144,7 +172,16 @@ mod tests {
         assert_eq!(s.cr3, PML4_ADDR);
         assert_eq!((s.cs.selector, s.cs.l), (0x08, 1));
         assert_eq!(s.ss.selector, 0x10);
-        assert_eq!(s.gdt.limit, 31);
+        assert_eq!(s.gdt.limit, 39);
+    }
+
+    #[test]
+    fn pvh_sregs_are_protected_mode_without_paging() {
+        let s = pvh_sregs(long_mode_sregs(kvm_sregs::default()));
+        assert_eq!(s.cr0 & (X86_CR0_PE | X86_CR0_PG), X86_CR0_PE);
+        assert_eq!((s.cr4 & X86_CR4_PAE, s.efer & (EFER_LME | EFER_LMA)), (0, 0));
+        assert_eq!((s.cs.selector, s.cs.l, s.cs.db), (0x20, 0, 1));
+        assert_eq!((s.ds.selector, s.ss.selector), (0x10, 0x10));
     }
 
     #[test]
