@@ -133,32 +133,47 @@ install_tool() {  # crate version binary
 # kernel and four modules are kept; the package itself is never installed on the host.
 install_nested_kvm_kernel() {
     local pkg release stage kdir m
-    pkg="$(apt-cache depends linux-image-amd64 2>/dev/null \
-        | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')"
-    [[ -n "$pkg" ]] || die "nested-kvm: apt knows no linux-image-amd64 kernel package"
+    pkg="$(nested_kvm_package)" || die "nested-kvm: apt knows no linux-image-amd64 kernel package"
     if [[ "$(cat "$NESTED_KVM/package" 2>/dev/null)" == "$pkg" ]]; then
         log "nested-kvm: $pkg already at $NESTED_KVM"
         return
     fi
     release="${pkg#linux-image-}"
     stage="$(mktemp -d /tmp/bazaar-nested-kvm.XXXXXX)"
+    # The unpacked package is large: it goes whatever happens below.
+    trap 'rm -rf "$stage" "$NESTED_KVM.tmp"; trap - RETURN' RETURN
     log "nested-kvm: fetching $pkg"
-    (cd "$stage" && apt-get download -q -o APT::Sandbox::User=root "$pkg" >/dev/null) \
-        || { rm -rf "$stage"; die "nested-kvm: apt-get download $pkg failed"; }
-    dpkg-deb -x "$stage"/*.deb "$stage/pkg"
+    if ! (cd "$stage" && apt-get download -q -o APT::Sandbox::User=root "$pkg" >/dev/null); then
+        # Stale package lists can name a kernel the mirror no longer has.
+        log "nested-kvm: download failed; running apt-get update"
+        apt-get update >/dev/null
+        pkg="$(nested_kvm_package)" || die "nested-kvm: apt knows no linux-image-amd64 kernel package"
+        release="${pkg#linux-image-}"
+        (cd "$stage" && apt-get download -q -o APT::Sandbox::User=root "$pkg" >/dev/null) \
+            || die "nested-kvm: apt-get download $pkg failed"
+    fi
+    dpkg-deb -x "$stage"/*.deb "$stage/pkg" || die "nested-kvm: cannot unpack $pkg"
     kdir="$stage/pkg/lib/modules/$release/kernel"
     rm -rf "$NESTED_KVM.tmp" && mkdir -p "$NESTED_KVM.tmp/modules"
     install -m 0644 "$stage/pkg/boot/vmlinuz-$release" "$NESTED_KVM.tmp/vmlinuz"
     for m in "${NESTED_KVM_MODULES[@]}"; do
         # busybox insmod (what the L1 VM has) loads only uncompressed modules.
-        [[ -f "$kdir/$m.ko" ]] || { rm -rf "$stage"; die "nested-kvm: $pkg has no $m.ko"; }
+        [[ -f "$kdir/$m.ko" ]] || die "nested-kvm: $pkg has no $m.ko"
         install -m 0644 "$kdir/$m.ko" "$NESTED_KVM.tmp/modules/"
         basename "$m" >>"$NESTED_KVM.tmp/modules/order"
     done
     echo "$pkg" >"$NESTED_KVM.tmp/package"
-    rm -rf "$stage" "$NESTED_KVM"
+    rm -rf "$NESTED_KVM"
     mv "$NESTED_KVM.tmp" "$NESTED_KVM"
     log "nested-kvm: $pkg kernel and KVM modules at $NESTED_KVM"
+}
+
+# The versioned kernel package linux-image-amd64 depends on, e.g. linux-image-6.1.0-56-amd64.
+nested_kvm_package() {
+    local pkg
+    pkg="$(apt-cache depends linux-image-amd64 2>/dev/null \
+        | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')" || true
+    [[ -n "$pkg" ]] && echo "$pkg"
 }
 
 if ((do_apt)); then

@@ -107,8 +107,8 @@ pub fn auto_picks_builtin(requested: Acceleration, host: &HostFacts) -> (bool, S
         (Ok(()), None) => (
             false,
             format!(
-                "auto: QEMU, since {CPUINFO} has no vmx/svm flag (an emulated nested KVM \
-                 cannot run a Linux guest, so the guest needs QEMU's own emulation)"
+                "auto: QEMU, since {CPUINFO} has no vmx/svm flag (the built-in VMM needs a KVM \
+                 that can run Linux; an emulated nested KVM cannot)"
             ),
         ),
     }
@@ -179,6 +179,8 @@ mod tests {
         assert!(!auto_picks_builtin(Acceleration::Tcg, &real).0);
         let (builtin, reason) = auto_picks_builtin(Acceleration::Auto, &emulated);
         assert!(!builtin && reason.contains("no vmx/svm"), "{reason}");
+        let (builtin, reason) = auto_picks_builtin(Acceleration::Kvm, &emulated);
+        assert!(!builtin && reason.contains("needs a KVM that can run Linux"), "{reason}");
         let (builtin, reason) = auto_picks_builtin(Acceleration::Kvm, &absent);
         assert!(!builtin && reason.contains("cannot be opened"), "{reason}");
     }

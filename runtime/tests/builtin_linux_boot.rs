@@ -132,10 +132,19 @@ async fn a_container_runs_to_its_exit_on_the_builtin_vmm() {
     };
     let exit = tokio::time::timeout(CONTAINER_TIMEOUT, run).await;
     let elapsed = started.elapsed();
-    assert!(tasks.shutdown().await, "no container is left, so the sandbox stops");
-    let exit = exit
-        .unwrap_or_else(|_| panic!("the container did not exit within {CONTAINER_TIMEOUT:?}"))
-        .unwrap_or_else(|err| panic!("the container's life cycle failed: {err}"));
+    let exit = match exit {
+        Ok(Ok(exit)) => Ok(exit),
+        Ok(Err(err)) => Err(format!("the container's life cycle failed: {err}")),
+        Err(_) => Err(format!("the container did not exit within {CONTAINER_TIMEOUT:?}")),
+    };
+    if exit.is_err() {
+        // Whatever failed, the container goes, so that the sandbox stops and unmounts.
+        let _ = tasks.kill("c1", "", 9, true).await;
+        let _ = tasks.delete("c1", "").await;
+    }
+    let stopped = tasks.shutdown().await;
+    let exit = exit.unwrap_or_else(|err| panic!("{err}"));
+    assert!(stopped, "no container is left, so the sandbox stops");
     let output = std::fs::read_to_string(&stdout).expect("stdout");
     assert_eq!(exit.status, 3, "exit status of the container (stdout {output:?})");
     let release = bazaar_tests::kernel::bzimage_release(&inputs()[0]).expect("guest release");
@@ -182,7 +191,7 @@ fn guest_image_boots_to_a_healthy_agent_under_nested_kvm() {
     // Inside, /proc/cpuinfo has svm and /dev/kvm is kvm_amd's: the direct test runs for real.
     let workload = format!(
         "cd /tmp && {} --skip under_nested_kvm --nocapture --test-threads=1",
-        quoted(&this_test)
+        bazaar_tests::nested_kvm::shell_quote(&this_test)
     );
     let out = lab.run(image, &workload, 1024, NESTED_TIMEOUT).expect("run the L1 VM");
     let console = out.stdout.replace('\r', "");
@@ -200,8 +209,4 @@ fn guest_image_boots_to_a_healthy_agent_under_nested_kvm() {
     for line in console.lines().filter(|l| l.contains(HEALTHY) || l.contains(CONTAINER_RAN)) {
         eprintln!("nested KVM (TCG-emulated SVM; not a speed figure): {line}");
     }
-}
-
-fn quoted(path: &Path) -> String {
-    format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
 }

@@ -6,6 +6,7 @@
 //! gives it a private containerd, the busybox image, the suite lock and, at the end, the leak
 //! check that proves it left nothing behind.
 
+pub mod lab;
 pub mod options;
 pub mod procmem;
 pub mod shimlog;

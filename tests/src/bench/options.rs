@@ -38,13 +38,15 @@ impl Options {
         density.dedup();
         density.retain(|&n| n > 0);
         let sections = std::env::var("BENCH_SECTIONS")
-            .unwrap_or_else(|_| "latency memory density io vmm".into())
+            .unwrap_or_else(|_| "latency memory density io vmm lab".into())
             .split_whitespace()
             .map(str::to_string)
             .collect::<Vec<_>>();
         for s in &sections {
-            if !["latency", "memory", "density", "io", "vmm"].contains(&s.as_str()) {
-                bail!("BENCH_SECTIONS: unknown section {s:?} (latency, memory, density, io, vmm)");
+            if !["latency", "memory", "density", "io", "vmm", "lab"].contains(&s.as_str()) {
+                bail!(
+                    "BENCH_SECTIONS: unknown section {s:?} (latency, memory, density, io, vmm, lab)"
+                );
             }
         }
         Ok(Options {

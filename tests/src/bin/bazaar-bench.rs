@@ -21,7 +21,7 @@
 //! | `BENCH_STDOUT_MIB` | 256 | bytes written to stdout by the container (MiB) |
 //! | `BENCH_FILE_MIB` | 256 | size of the file read over the shared filesystem (MiB) |
 //! | `BENCH_SETTLE_SECS` | 5 | wait after starting idle sandboxes before measuring memory |
-//! | `BENCH_SECTIONS` | `latency memory density io` | which sections to run |
+//! | `BENCH_SECTIONS` | `latency memory density io vmm lab` | which sections to run |
 //! | `BENCH_HYPERVISOR_EXTRA` | | TOML lines added to `[hypervisor]` (e.g. `memory_mib = 128`) |
 
 use std::collections::BTreeMap;
@@ -88,6 +88,12 @@ fn main() -> ExitCode {
             bazaar_tests::bench::vmm::print_section(
                 &bazaar_tests::bench::vmm::default_binary(),
                 opts.runs,
+            );
+        }
+        if opts.wants("lab") {
+            bazaar_tests::bench::lab::print_section(
+                &bazaar_tests::bench::vmm::default_binary(),
+                opts.settle,
             );
         }
     }
