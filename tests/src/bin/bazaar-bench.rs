@@ -777,9 +777,9 @@ fn print_summary(r: &Results) {
                 "   built-in VMM sandbox (<= 150 ms, <= 20 MiB): sections 1 and 2 ran it, since"
             );
             println!(
-                "   hypervisor = \"auto\" picks it on this host (the rows above say QEMU/TCG only"
+                "   hypervisor = \"auto\" picks it on this host (their rows are labelled QEMU/TCG"
             );
-            println!("   because that is this project's build hosts' case).");
+            println!("   regardless).");
         }
     }
 }
