@@ -133,7 +133,11 @@ install_tool() {  # crate version binary
 # kernel and four modules are kept; the package itself is never installed on the host.
 install_nested_kvm_kernel() {
     local pkg release stage kdir m
-    pkg="$(nested_kvm_package)" || die "nested-kvm: apt knows no linux-image-amd64 kernel package"
+    if ! pkg="$(nested_kvm_package)"; then
+        # A fresh machine whose apt lists were never fetched knows no package at all.
+        apt-get update >/dev/null
+        pkg="$(nested_kvm_package)" || die "nested-kvm: apt knows no linux-image-amd64 kernel package"
+    fi
     if [[ "$(cat "$NESTED_KVM/package" 2>/dev/null)" == "$pkg" ]]; then
         log "nested-kvm: $pkg already at $NESTED_KVM"
         return

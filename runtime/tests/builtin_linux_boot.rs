@@ -178,22 +178,17 @@ fn guest_image_boots_to_a_healthy_agent_under_nested_kvm() {
         Err(reason) => return bazaar_tests::skip::skip(test, &reason),
     };
     let [kernel, initrd, vmm] = inputs();
-    let this_test = std::env::current_exe().expect("test binary");
     let virtiofsd = BuiltinPaths::default().virtiofsd;
-    let mut image = bazaar_tests::nested_kvm::L1Image::new().expect("L1 image");
-    for program in [&this_test, &vmm, &virtiofsd] {
-        image.add_program(program).expect("program for the L1 image");
-    }
+    // Inside, /proc/cpuinfo has svm and /dev/kvm is kvm_amd's: the direct tests run for real.
     // The container's rootfs is made from the host's busybox.
-    image.add(Path::new("/bin/busybox")).expect("busybox");
-    image.add(&kernel).expect("kernel");
-    image.add(&initrd).expect("initrd");
-    // Inside, /proc/cpuinfo has svm and /dev/kvm is kvm_amd's: the direct test runs for real.
-    let workload = format!(
-        "cd /tmp && {} --skip under_nested_kvm --nocapture --test-threads=1",
-        bazaar_tests::nested_kvm::shell_quote(&this_test)
-    );
-    let out = lab.run(image, &workload, 1024, NESTED_TIMEOUT).expect("run the L1 VM");
+    let out = lab
+        .run_this_test_binary(
+            &[&vmm, &virtiofsd],
+            &[&kernel, &initrd, Path::new("/bin/busybox")],
+            "",
+            NESTED_TIMEOUT,
+        )
+        .expect("run the L1 VM");
     let console = out.stdout.replace('\r', "");
     let verdict = |text: &str| console.contains(text);
     assert!(

@@ -113,6 +113,32 @@ impl Lab {
         Ok(out)
     }
 
+    /// Runs the tests of the calling test binary that `filter` (libtest arguments; empty for
+    /// all) selects, inside an L1 VM of 1 GiB: the binary, `programs` (with their libraries) and
+    /// `files` are staged at their host paths. Its `*under_nested_kvm` tests are skipped there,
+    /// so the lab's own tests do not recurse. Returns the L1 console.
+    pub fn run_this_test_binary(
+        &self,
+        programs: &[&Path],
+        files: &[&Path],
+        filter: &str,
+        timeout: Duration,
+    ) -> Result<Output> {
+        let this_test = std::env::current_exe().context("the running test binary")?;
+        let mut image = L1Image::new()?;
+        for program in std::iter::once(this_test.as_path()).chain(programs.iter().copied()) {
+            image.add_program(program)?;
+        }
+        for file in files {
+            image.add(file)?;
+        }
+        let workload = format!(
+            "cd /tmp && {} {filter} --skip under_nested_kvm --nocapture --test-threads=1",
+            shell_quote(&this_test)
+        );
+        self.run(image, &workload, 1024, timeout)
+    }
+
     fn qemu(&self, cpio: &Path, memory_mib: u32) -> Command {
         let mut qemu = Command::new(QEMU);
         // Two L1 CPUs: with one, the whole L1 VM froze in about one guest boot out of five (its

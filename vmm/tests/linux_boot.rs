@@ -114,20 +114,18 @@ fn linux_boots_under_nested_kvm() {
         Ok(lab) => lab,
         Err(reason) => return bazaar_tests::skip::skip(test, &reason),
     };
-    let this_test = std::env::current_exe().expect("test binary");
-    let mut image = bazaar_tests::nested_kvm::L1Image::new().expect("L1 image");
-    for program in [&this_test, Path::new(env!("CARGO_BIN_EXE_bazaar-vmm"))] {
-        image.add_program(program).expect("program for the L1 image");
-    }
-    for file in ["bzImage", "vmlinux", "initrd.cpio"] {
-        image.add(&guest_dir().join(file)).expect("guest image file");
-    }
+    let files: Vec<PathBuf> =
+        ["bzImage", "vmlinux", "initrd.cpio"].iter().map(|f| guest_dir().join(f)).collect();
+    let files: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
     // Inside, /proc/cpuinfo has svm and /dev/kvm is kvm_amd's: the direct tests run for real.
-    let workload = format!(
-        "cd /tmp && {} boots_to_init --skip under_nested_kvm --nocapture --test-threads=1",
-        bazaar_tests::nested_kvm::shell_quote(&this_test)
-    );
-    let out = lab.run(image, &workload, 1024, NESTED_TIMEOUT).expect("run the L1 VM");
+    let out = lab
+        .run_this_test_binary(
+            &[Path::new(env!("CARGO_BIN_EXE_bazaar-vmm"))],
+            &files,
+            "boots_to_init",
+            NESTED_TIMEOUT,
+        )
+        .expect("run the L1 VM");
     let console = out.stdout.replace('\r', "");
     let reached = console.lines().filter(|l| l.contains(REACHED_INIT)).count();
     assert!(
