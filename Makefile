@@ -15,7 +15,10 @@ export PATH := $(HOME)/.cargo/bin:/root/.cargo/bin:$(PATH)
 CARGO        ?= cargo
 AGENT_TARGET ?= x86_64-unknown-linux-gnu
 AGENT_BIN    := target/$(AGENT_TARGET)/agent/bazaar-agent
-SHIM_BIN     := target/release/containerd-shim-bazaar-v2
+# The shim is built with its own profile (Cargo.toml, [profile.shim]: small rather than fast);
+# `make test` and `make bench` drive this binary, the one `make install` installs.
+SHIM_DIR     := target/shim
+SHIM_BIN     := $(SHIM_DIR)/containerd-shim-bazaar-v2
 # Helper binaries installed next to the shim when the workspace builds them.
 HELPERS      := bazaar-vmm
 GUEST_DIR    := build/guest
@@ -44,6 +47,7 @@ deps:
 ## guest's /init: no libc in the initrd).
 build:
 	$(CARGO) build --release --workspace
+	$(CARGO) build --profile shim -p bazaar-shim
 	RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
 		$(CARGO) build --profile agent -p bazaar-agent --target $(AGENT_TARGET)
 
@@ -76,13 +80,13 @@ demo: deps build guest-image install
 ## Every test of the workspace, release profile (the e2e tests drive the release shim through a
 ## private containerd and real VMs). Ends with cargo's summaries and one total line.
 test: deps build guest-image
-	bash scripts/run-tests.sh
+	BAZAAR_TEST_SHIM_DIR=$(CURDIR)/$(SHIM_DIR) bash scripts/run-tests.sh
 
 ## Figures, not a test: start latency (with a phase breakdown), memory, density, exec and I/O of
 ## Bazaar next to runc, through a private containerd, with the shim and guest built in this tree
 ## (not the installed ones). Knobs: BENCH_RUNS, BENCH_DENSITY, ... (README.md, "Benchmarks").
 bench: deps build guest-image
-	target/release/bazaar-bench
+	BAZAAR_TEST_SHIM_DIR=$(CURDIR)/$(SHIM_DIR) target/release/bazaar-bench
 
 clean:
 	$(CARGO) clean

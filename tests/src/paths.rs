@@ -1,8 +1,10 @@
 //! Where the artefacts under test are: the built shim, the guest kernel and initrd.
 //!
 //! The shim is taken from the same cargo profile directory as the running test binary
-//! (`target/release/` under `make test`), so the tests always exercise what was just built.
-//! Environment variables override each path for runs against other builds.
+//! (`target/release/` under `cargo test --release`), so the tests always exercise what was just
+//! built. Environment variables override each path for runs against other builds: `make test`
+//! points `BAZAAR_TEST_SHIM_DIR` at `target/shim/`, the shim profile's build that `make install`
+//! installs.
 
 use std::path::{Path, PathBuf};
 

@@ -346,4 +346,38 @@ mod tests {
             serde_json::from_str(r#"[{"allow":true,"access":"rx"}]"#).unwrap();
         assert!(rules(&entries).is_err());
     }
+
+    /// Whether this process may load BPF programs (root on a kernel with the bpf syscall); a
+    /// loud skip otherwise.
+    fn can_load_bpf(test: &str) -> bool {
+        if !nix::unistd::geteuid().is_root() {
+            bazaar_tests::skip::skip(test, "loading a BPF program needs root");
+            return false;
+        }
+        true
+    }
+
+    /// The host kernel's verifier accepts the program the agent generates for containerd's
+    /// default list (the guest's kernel is the same 6.1 verifier or older than the host's).
+    #[test]
+    fn the_kernel_loads_the_generated_program() {
+        if !can_load_bpf("the_kernel_loads_the_generated_program") {
+            return;
+        }
+        let fd = kernel::load_device_program(&program(&spec_rules(CONTAINERD)));
+        assert!(fd.is_ok(), "{:?}", fd.err());
+    }
+
+    /// A program the verifier refuses is an error carrying the verifier's own explanation
+    /// (the first load asks for no log; the failure is loaded again with one).
+    #[test]
+    fn a_refused_program_says_why() {
+        if !can_load_bpf("a_refused_program_says_why") {
+            return;
+        }
+        // `exit` with r0 never written: "R0 !read_ok".
+        let err = kernel::load_device_program(&[exit()]).expect_err("r0 is never set");
+        let text = err.to_string();
+        assert!(text.contains("verifier log:") && text.contains("R0"), "{text}");
+    }
 }

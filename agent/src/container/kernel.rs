@@ -166,21 +166,44 @@ struct ProgAttachAttr {
 }
 
 /// Loads a `BPF_PROG_TYPE_CGROUP_DEVICE` program; on a verifier error the message carries the
-/// verifier's log.
+/// verifier's log. The load that succeeds runs without a log: the verifier's logging of every
+/// state it walks multiplies its work, and every container start pays it (under TCG, in
+/// translated kernel code too). Only a failed load is repeated with the log, to explain itself.
 pub fn load_device_program(program: &[BpfInsn]) -> io::Result<OwnedFd> {
+    match prog_load(program, None) {
+        Ok(fd) => Ok(fd),
+        Err(_) => {
+            let mut log = vec![0u8; 16 * 1024];
+            let err = match prog_load(program, Some(&mut log)) {
+                // Not expected (the same program, loaded twice): keep the one that loaded.
+                Ok(fd) => return Ok(fd),
+                Err(again) => again,
+            };
+            let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+            let text = String::from_utf8_lossy(&log[..end]);
+            Err(io::Error::new(err.kind(), format!("{err}; verifier log: {}", text.trim())))
+        }
+    }
+}
+
+/// One `BPF_PROG_LOAD` of a device program, with the verifier's log written to `log` if given.
+fn prog_load(program: &[BpfInsn], log: Option<&mut [u8]>) -> io::Result<OwnedFd> {
     let license = c"Apache-2.0";
-    let mut log = vec![0u8; 16 * 1024];
     let mut name = [0u8; 16];
     name[..11].copy_from_slice(b"bazaar_devs");
+    let (log_level, log_size, log_buf) = match log {
+        Some(buf) => (1, u32::try_from(buf.len()).unwrap_or(u32::MAX), buf.as_mut_ptr() as u64),
+        None => (0, 0, 0),
+    };
     let attr = ProgLoadAttr {
         prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
         insn_cnt: u32::try_from(program.len())
             .map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?,
         insns: program.as_ptr() as u64,
         license: license.as_ptr() as u64,
-        log_level: 1,
-        log_size: log.len() as u32,
-        log_buf: log.as_mut_ptr() as u64,
+        log_level,
+        log_size,
+        log_buf,
         kern_version: 0,
         prog_flags: 0,
         prog_name: name,
@@ -197,15 +220,8 @@ pub fn load_device_program(program: &[BpfInsn]) -> io::Result<OwnedFd> {
             std::mem::size_of::<ProgLoadAttr>(),
         )
     };
-    match check(ret) {
-        // SAFETY: the kernel returned a new fd that nothing else owns.
-        Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }),
-        Err(err) => {
-            let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
-            let text = String::from_utf8_lossy(&log[..end]);
-            Err(io::Error::new(err.kind(), format!("{err}; verifier log: {}", text.trim())))
-        }
-    }
+    // SAFETY: on success the kernel returned a new fd that nothing else owns.
+    check(ret).map(|fd| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// Attaches a device program to a cgroup (directory fd), replacing the one attached before.

@@ -15,7 +15,11 @@ pub const GUEST_CID: u32 = 3;
 /// `reboot=t`: a guest reboot (and, through `panic=-1`, a panic) triple-faults, which QEMU turns
 /// into an exit under `-no-reboot`. With `reboot=k` the kernel finds no keyboard controller on
 /// microvm, falls back to a real-mode jump into the firmware and boots again inside the same QEMU.
-pub const KERNEL_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 rdinit=/init";
+/// `page_reporting.page_reporting_order=4`: free page reporting (the balloon below) hands back
+/// free blocks from 64 KiB up instead of from 2 MiB (the guest kernel's patch 0003 makes the
+/// parameter count): `make bench` measured 4.3 MiB less guest RAM backed at idle.
+pub const KERNEL_CMDLINE: &str =
+    "console=ttyS0 reboot=t panic=-1 rdinit=/init page_reporting.page_reporting_order=4";
 /// Added to the kernel command line under TCG, where each costs boot time (`make bench`):
 /// `noapictimer`: no local APIC timer calibration against the PIT, which takes ~0.22 s of an
 /// emulated boot (the PIT is the clock event device instead; fine for a small guest);
@@ -263,7 +267,8 @@ mod tests {
             -chardev socket,id=qmp,path=/run/bazaar/sb1/qmp.sock,server=on,wait=off \
             -mon chardev=qmp,mode=control";
         let append =
-            "console=ttyS0 reboot=t panic=-1 rdinit=/init noapictimer no_timer_check quiet";
+            "console=ttyS0 reboot=t panic=-1 rdinit=/init page_reporting.page_reporting_order=4 \
+             noapictimer no_timer_check quiet";
         let expected: Vec<String> = expected
             .split_whitespace()
             .map(|s| if s == "APPEND" { append.to_string() } else { s.to_string() })

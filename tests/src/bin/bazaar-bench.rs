@@ -463,6 +463,20 @@ impl Bench<'_> {
             g("MemTotal") - g("MemFree"),
             g("Cached")
         );
+        let in_use = g("MemTotal") - g("MemFree");
+        let parts = ["AnonPages", "Slab", "PageTables", "KernelStack", "Percpu"];
+        let other = in_use - g("Cached") - parts.iter().map(|k| g(k)).sum::<f64>();
+        println!(
+            "     the rest: anon {:.1}, slab {:.1}, page tables {:.1}, kernel stacks {:.1}, percpu {:.1}, other {:.1}; \
+             outside MemTotal (kernel image, struct pages, reserved): {:.1} MiB",
+            g("AnonPages"),
+            g("Slab"),
+            g("PageTables"),
+            g("KernelStack"),
+            g("Percpu"),
+            other,
+            g("DirectMap4k") + g("DirectMap2M") + g("DirectMap1G") - g("MemTotal"),
+        );
         println!(
             "   idle CPU of the Bazaar sandbox: {:.1}% of one core (3 s window)",
             cpu_b * 100.0
