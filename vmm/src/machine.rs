@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use linux_loader::cmdline::Cmdline;
 
+use crate::devices::virtio::balloon::Balloon;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::fs::VhostUserFs;
 use crate::devices::virtio::net::Net;
@@ -56,6 +57,8 @@ pub enum DeviceConfig {
     Net { tap_fd: RawFd, mac: [u8; 6] },
     /// virtio-blk on the file at `path`.
     Disk { path: PathBuf, read_only: bool },
+    /// virtio-balloon taking free page reports: free guest memory goes back to the host.
+    FreePageReporting,
 }
 
 /// Errors building or running the VM.
@@ -79,6 +82,8 @@ pub enum Error {
     Net(#[from] crate::devices::virtio::net::Error),
     #[error("virtio-blk: {0}")]
     Block(#[from] crate::devices::virtio::block::Error),
+    #[error("virtio-balloon: {0}")]
+    Balloon(#[from] crate::devices::virtio::balloon::Error),
     #[error("cannot open the disk {path}: {source}")]
     Disk {
         path: PathBuf,
@@ -157,6 +162,9 @@ pub fn run<W: Write + Send + 'static>(
                     .open(&path)
                     .map_err(|source| Error::Disk { path: path.clone(), source })?;
                 placement.attach(&vm, &mut cmdline, Block::new(file, read_only)?)?;
+            }
+            DeviceConfig::FreePageReporting => {
+                placement.attach(&vm, &mut cmdline, Balloon::new()?)?;
             }
         }
     }

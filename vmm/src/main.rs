@@ -11,7 +11,8 @@ use bazaar_vmm::machine::{self, DeviceConfig, MachineConfig};
 
 const USAGE: &str = "usage: bazaar-vmm --kernel PATH [--initrd PATH] [--cmdline STR] \
 [--memory-mib N] [--vcpus N] [--seccomp MODE] [--vsock cid=N,socket=PATH] \
-[--fs tag=TAG,socket=PATH]... [--net fd=N,mac=MAC]... [--disk path=PATH[,readonly=on]]...
+[--fs tag=TAG,socket=PATH]... [--net fd=N,mac=MAC]... [--disk path=PATH[,readonly=on]]... \
+[--balloon free-page-reporting=on]
 
   --kernel PATH     bzImage or ELF vmlinux (64-bit boot protocol)
   --initrd PATH     initramfs
@@ -33,7 +34,11 @@ const USAGE: &str = "usage: bazaar-vmm --kernel PATH [--initrd PATH] [--cmdline 
                     virtio-net on the tap the VMM inherits open as descriptor N (opened
                     with IFF_TAP, IFF_NO_PI and IFF_VNET_HDR), guest MAC aa:bb:cc:dd:ee:ff
   --disk path=PATH[,readonly=on|off]
-                    virtio-blk on the file PATH";
+                    virtio-blk on the file PATH
+  --balloon free-page-reporting=on
+                    virtio-balloon that takes the guest's free page reports: the host
+                    memory behind free guest pages is given back (the balloon itself is
+                    never inflated)";
 
 /// "aa:bb:cc:dd:ee:ff" as six bytes.
 fn parse_mac(text: &str) -> Option<[u8; 6]> {
@@ -134,6 +139,18 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<MachineConfig, S
                     path: PathBuf::from(required(&flag, &pairs, "path")?),
                     read_only,
                 });
+            }
+            "--balloon" => {
+                let pairs = keyed(&flag, &value, &["free-page-reporting"])?;
+                match required(&flag, &pairs, "free-page-reporting")? {
+                    "on" => devices.push(DeviceConfig::FreePageReporting),
+                    other => {
+                        return Err(format!(
+                            "--balloon: free-page-reporting={other}: only on is supported \
+                             (leave --balloon out for no balloon)"
+                        ))
+                    }
+                }
             }
             "--fs" => {
                 let pairs = keyed(&flag, &value, &["tag", "socket"])?;
@@ -236,8 +253,11 @@ mod tests {
             "fd=5,mac=02:00:0a:0b:0c:ff",
             "--disk",
             "path=/d.img,readonly=on",
+            "--balloon",
+            "free-page-reporting=on",
         ])
         .expect("valid");
+        assert!(matches!(a.devices[4], DeviceConfig::FreePageReporting));
         assert!(matches!(
             a.devices[2],
             DeviceConfig::Net { tap_fd: 5, mac: [0x02, 0, 0x0a, 0x0b, 0x0c, 0xff] }
@@ -278,6 +298,8 @@ mod tests {
             ("--net", "fd=3,mac=zz:00:00:00:00:01"),
             ("--disk", "path=/d,readonly=yes"),
             ("--disk", "readonly=on"),
+            ("--balloon", "free-page-reporting=off"),
+            ("--balloon", "inflate=on"),
         ] {
             let err = parse(&["--kernel", "k", flag, bad]).expect_err(bad);
             assert!(err.starts_with(flag), "{bad}: {err}");

@@ -12,7 +12,10 @@ use std::fs::File;
 use std::os::fd::{FromRawFd, RawFd};
 use std::sync::Arc;
 
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
+use vm_memory::{
+    FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    MemoryRegionAddress,
+};
 
 /// Start of the 32-bit MMIO hole.
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;
@@ -73,6 +76,62 @@ pub fn create(size: u64) -> Result<GuestMemory, Error> {
     Ok(GuestMemoryMmap::from_ranges_with_files(with_files)?)
 }
 
+/// Why a guest range was not discarded.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscardError {
+    /// The range is not whole 4 KiB pages.
+    #[error("[{addr:#x}, +{len:#x}) is not whole 4 KiB pages")]
+    Unaligned { addr: u64, len: usize },
+    /// The range is not inside one RAM region.
+    #[error("[{addr:#x}, +{len:#x}) is not inside one guest RAM region")]
+    OutsideRam { addr: u64, len: usize },
+    /// The kernel refused to drop the pages.
+    #[error("madvise(MADV_REMOVE) of [{addr:#x}, +{len:#x}) failed: {source}")]
+    Madvise {
+        addr: u64,
+        len: usize,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Gives the host memory behind guest pages `[addr, addr + len)` back to the host: the memfd's
+/// pages are freed (for every process that maps them, virtiofsd included), and the guest reads
+/// zeros there the next time it touches them. For free page reporting, where the guest says
+/// which of its free pages it will not read before writing.
+pub fn discard(memory: &GuestMemory, addr: GuestAddress, len: usize) -> Result<(), DiscardError> {
+    const PAGE: u64 = 0x1000;
+    if !addr.0.is_multiple_of(PAGE) || !(len as u64).is_multiple_of(PAGE) {
+        return Err(DiscardError::Unaligned { addr: addr.0, len });
+    }
+    let outside = || DiscardError::OutsideRam { addr: addr.0, len };
+    let region = memory.find_region(addr).ok_or_else(outside)?;
+    let offset = addr.0 - region.start_addr().0;
+    if offset.checked_add(len as u64).is_none_or(|end| end > region.len()) {
+        return Err(outside());
+    }
+    let host = region.get_host_address(MemoryRegionAddress(offset)).map_err(|_| outside())?;
+    // SAFETY: [host, host + len) lies inside this region's shared mapping (checked above), which
+    // stays mapped for the life of `memory`. MADV_REMOVE only frees the file's pages there; the
+    // mapping remains, and a later guest access faults in a zeroed page. No Rust reference
+    // points into guest memory (it is only ever read and written through volatile copies).
+    let ret = unsafe { libc::madvise(host.cast(), len, libc::MADV_REMOVE) };
+    if ret != 0 {
+        let source = std::io::Error::last_os_error();
+        return Err(DiscardError::Madvise { addr: addr.0, len, source });
+    }
+    Ok(())
+}
+
+/// Bytes of the memfd behind `memory` that hold pages (what the host backs), for tests.
+#[cfg(test)]
+pub(crate) fn backed_bytes(memory: &GuestMemory) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let region = memory.iter().next().expect("a region");
+    let file = region.file_offset().expect("file backed").file();
+    file.metadata().expect("fstat the memfd").blocks() * 512
+}
+
 /// A new close-on-exec memfd named `name` (the name shows in /proc/<pid>/maps).
 fn memfd(name: &CStr) -> Result<File, Error> {
     // SAFETY: `name` is a valid NUL-terminated string; the call only creates a descriptor.
@@ -87,7 +146,44 @@ fn memfd(name: &CStr) -> Result<File, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    use vm_memory::Bytes;
+
+    #[test]
+    fn discarded_pages_go_back_to_the_host_and_read_as_zeros() {
+        let memory = create(16 << 20).expect("16 MiB");
+        memory.write_slice(&[0xaa; 0x4000], GuestAddress(0x10_0000)).expect("touch 4 pages");
+        assert_eq!(backed_bytes(&memory), 0x4000);
+        discard(&memory, GuestAddress(0x10_1000), 0x2000).expect("discard the middle two");
+        assert_eq!(backed_bytes(&memory), 0x2000);
+        let mut back = [0u8; 0x4000];
+        memory.read_slice(&mut back, GuestAddress(0x10_0000)).expect("read back");
+        assert!(back[..0x1000].iter().all(|&b| b == 0xaa), "the page before is kept");
+        assert!(back[0x1000..0x3000].iter().all(|&b| b == 0), "discarded pages read as zeros");
+        assert!(back[0x3000..].iter().all(|&b| b == 0xaa), "the page after is kept");
+    }
+
+    #[test]
+    fn discard_refuses_partial_pages_and_ranges_outside_ram() {
+        let memory = create(16 << 20).expect("16 MiB");
+        memory.write_slice(&[0xaa; 0x2000], GuestAddress(0)).expect("touch");
+        assert!(matches!(
+            discard(&memory, GuestAddress(0x800), 0x1000),
+            Err(DiscardError::Unaligned { .. })
+        ));
+        assert!(matches!(
+            discard(&memory, GuestAddress(0), 0x1800),
+            Err(DiscardError::Unaligned { .. })
+        ));
+        assert!(matches!(
+            discard(&memory, GuestAddress((16 << 20) - 0x1000), 0x2000),
+            Err(DiscardError::OutsideRam { .. })
+        ));
+        assert!(matches!(
+            discard(&memory, GuestAddress(MMIO_HOLE_START), 0x1000),
+            Err(DiscardError::OutsideRam { .. })
+        ));
+        assert_eq!(backed_bytes(&memory), 0x2000, "nothing was discarded");
+    }
 
     #[test]
     fn small_memory_is_one_region() {

@@ -75,7 +75,7 @@ fn a_missing_kernel_exits_1_naming_the_path() {
     assert!(out.stderr.contains(missing), "the error names the path: {}", out.describe());
 }
 
-/// Every device kind but net (which needs a tap passed in) on the real binary under `--seccomp
+/// Every device kind but net (which needs a tap passed in; the balloon included) on the real binary under `--seccomp
 /// kill`: the device threads start and install their filters, the vsock worker accepts a host
 /// client and turns it away (no driver yet) without the filter killing the VMM, which then
 /// runs on until the test ends it with SIGTERM (not SIGSYS, which a filter would send).
@@ -129,6 +129,7 @@ fn devices_run_under_seccomp_kill() {
         .arg(format!("path={},readonly=on", disk.display()))
         .arg("--fs")
         .arg(format!("tag=shared,socket={}", fs_socket.display()))
+        .args(["--balloon", "free-page-reporting=on"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -13,8 +13,9 @@ use crate::VmConfig;
 pub const GUEST_CID: u32 = 3;
 /// Added to the VMM's own kernel parameters (console, reboot through the i8042, pci=off): the
 /// initrd's /init is the agent. A guest panic reboots after 1 s (the VMM's `panic=1`), which
-/// resets through the i8042 and so ends the VMM.
-pub const KERNEL_PARAMS: &str = "rdinit=/init";
+/// resets through the i8042 and so ends the VMM. The page reporting order is QEMU's
+/// (`qemu::cmdline::KERNEL_CMDLINE` says why), for the VMM's balloon.
+pub const KERNEL_PARAMS: &str = "rdinit=/init page_reporting.page_reporting_order=4";
 
 pub use crate::device_args::{NetworkArg, SharedFsArg};
 
@@ -60,6 +61,8 @@ pub fn vmm_args(args: &VmmArgs) -> Result<Vec<OsString>> {
     for net in args.networks {
         push("--net", keyed(&[("fd", net.tap_fd.to_string().as_str()), ("mac", net.mac)], None)?);
     }
+    // Free page reporting, as under QEMU: the host memory of what the guest frees goes back.
+    push("--balloon", "free-page-reporting=on".into());
     Ok(out)
 }
 
@@ -136,7 +139,7 @@ mod tests {
                 "--initrd",
                 "/i",
                 "--cmdline",
-                "rdinit=/init quiet",
+                "rdinit=/init page_reporting.page_reporting_order=4 quiet",
                 "--memory-mib",
                 "256",
                 "--vcpus",
@@ -147,6 +150,8 @@ mod tests {
                 "tag=bazaar,socket=/r/virtiofsd.sock",
                 "--net",
                 "fd=3,mac=02:00:00:00:00:01",
+                "--balloon",
+                "free-page-reporting=on",
             ]
         );
     }

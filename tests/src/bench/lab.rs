@@ -41,8 +41,9 @@ FS=$!
 i=0; while [ ! -S $R/fs.sock ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
 T0=$(cut -d' ' -f1 /proc/uptime)
 '{vmm}' --kernel '{kernel}' --initrd '{initrd}' --memory-mib 256 --vcpus 1 \
-    --cmdline rdinit=/init --vsock cid=3,socket=$R/vsock.sock \
-    --fs tag=bazaarfs,socket=$R/fs.sock >$R/console 2>$R/vmm.err &
+    --cmdline 'rdinit=/init page_reporting.page_reporting_order=4' \
+    --vsock cid=3,socket=$R/vsock.sock --fs tag=bazaarfs,socket=$R/fs.sock \
+    --balloon free-page-reporting=on >$R/console 2>$R/vmm.err &
 VMM=$!
 i=0; while ! grep -q '{AGENT_SERVES}' $R/console && [ $i -lt 3000 ]; do sleep 0.1; i=$((i+1)); done
 grep -q '{AGENT_SERVES}' $R/console || {{ echo "LAB-ERROR no agent"; cat $R/console $R/vmm.err; }}

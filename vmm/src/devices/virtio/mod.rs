@@ -1,8 +1,10 @@
 //! virtio devices: the [`VirtioDevice`] contract a device model implements, the interrupt it
 //! raises, the virtio-mmio transport that exposes a device to the guest, and the device models
-//! (vsock, fs through a vhost-user backend, net over a tap, block over a file). Each device
+//! (vsock, fs through a vhost-user backend, net over a tap, block over a file, a balloon that
+//! takes free page reports). Each device
 //! model processes its queues on its own thread, woken through per-queue eventfds.
 
+pub mod balloon;
 pub mod block;
 mod chain;
 pub mod fs;
@@ -84,7 +86,7 @@ pub enum ActivateError {
 
 /// A virtio device model, independent of transport and VMM.
 pub trait VirtioDevice: Send {
-    /// The virtio device id (1 net, 2 block, 4 rng, 19 vsock, 26 fs).
+    /// The virtio device id (1 net, 2 block, 4 rng, 5 balloon, 19 vsock, 26 fs).
     fn device_type(&self) -> u32;
     /// The largest size of each of the device's queues; its length is the number of queues.
     fn queue_max_sizes(&self) -> &[u16];
